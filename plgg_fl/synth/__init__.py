@@ -1,0 +1,1 @@
+"""plgg_fl.synth"""
