@@ -1,0 +1,43 @@
+"""Shared pytest fixtures. Fixture names are prefixed by the sub-package that owns them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _write_nifti(path, data, zooms=(1.0, 1.0, 1.0), affine=None, dtype=None):
+    """Save ``data`` as NIfTI at ``path`` (parents made); ``zooms`` in mm unless ``affine`` is given."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data, dtype=dtype) if dtype is not None else np.asarray(data)
+    if affine is None:
+        affine = np.diag([*zooms, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def data_write_nifti():
+    """``write(path, data, zooms=(1,1,1), affine=None, dtype=None) -> Path``: a small NIfTI file for tests."""
+    return _write_nifti
+
+
+def _case_arrays(seed=0, shape=(12, 12, 12), radius=3):
+    """A 12^3 float32 T2-like image and a uint8 sphere mask (label 1) of ``radius`` voxels."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random(shape, dtype=np.float32) * 100 + 10).astype(np.float32)
+    zz, yy, xx = np.indices(shape)
+    c = np.array(shape) / 2
+    mask = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= radius**2).astype(np.uint8)
+    return img, mask
+
+
+@pytest.fixture
+def data_case_arrays():
+    """``arrays(seed=0, shape=(12,12,12), radius=3) -> (image float32, mask uint8)``."""
+    return _case_arrays
