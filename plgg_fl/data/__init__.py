@@ -13,6 +13,9 @@ from plgg_fl.data.manifest import (
     load_manifest,
     write_manifest,
 )
+from plgg_fl.data.importers import DataImportError, import_brats, import_nnunet, import_pairs
+from plgg_fl.data.splits import load_split_file, make_splits, tumour_volume_ml
+from plgg_fl.data.validate import CheckReport, Problem, check_manifest, usable_cases
 
 __all__ = [
     "BINARY_LABEL_VALUES",
@@ -23,4 +26,15 @@ __all__ = [
     "ManifestError",
     "load_manifest",
     "write_manifest",
+    "DataImportError",
+    "import_brats",
+    "import_nnunet",
+    "import_pairs",
+    "load_split_file",
+    "make_splits",
+    "tumour_volume_ml",
+    "CheckReport",
+    "Problem",
+    "check_manifest",
+    "usable_cases",
 ]
