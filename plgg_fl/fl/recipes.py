@@ -1,0 +1,270 @@
+"""NVFlare 2.9 recipes for the four stage jobs. One function per job; all return a ``Recipe``.
+
+=================  ==========================================  =======================================
+job                server workflow                             client script task
+=================  ==========================================  =======================================
+brats_pretrain     PinnedFedAvg over ``[brats]``               train whole network (``--stage full``)
+plgg_finetune      PinnedFedAvg over the pediatric sites       train whole network (``--stage full``)
+plgg_decoder       PinnedFedAvg, partial-update merge          encoder frozen, decoder sent only
+plgg_evaluate      GlobalModelEval over the evaluation sites   ``validate``: scalar test metrics
+=================  ==========================================  =======================================
+
+Every training job keeps the last global model (``FL_global_model.pt``) and the best one by the
+sites' validation Dice of the received global model (``best_FL_global_model.pt``, NVFlare's
+``IntimeModelSelector`` with ``key_metric="val_dice"``), both in the server's app folder.
+
+**Initial weights.** A job folder holds no path. The committed ``jobs/`` folders initialise from the
+model class (``plgg_fl.engine.PlggUNet(preset=...)``); to start from a previous stage's model,
+build the recipe with ``initial_ckpt=<absolute path on the server>`` - the pipeline does this for
+each stage at run time, and ``plgg-fl jobs export --initial-ckpt PATH --out DIR`` writes such a
+copy for a real federation (``plgg_evaluate`` likewise needs ``--initial-ckpt``: the model to score;
+without it there is nothing to evaluate). NVFlare's persistor reads the file on the server.
+
+Sites need ``plgg-fl`` installed (the jobs name ``plgg_fl`` classes; ``plgg_fl`` is declared an app
+package so its code is not copied into the job) and their data configured (:mod:`plgg_fl.fl.site`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+from nvflare.app_common.filters.svt_privacy import SVTPrivacy
+from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
+from nvflare.app_opt.pt.job_config.model import PTModel
+from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+from nvflare.client.config import ExchangeFormat
+from nvflare.job_config.base_fed_job import BaseFedJob
+from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
+from nvflare.recipe.spec import Recipe
+
+from plgg_fl.fl.controller import PinnedFedAvg
+from plgg_fl.fl.filters import SendRecorder
+
+#: The client script, named relative to the folder holding the ``plgg_fl`` package: NVFlare writes an
+#: in-process script's path into the job config as given, so an absolute path would leak the
+#: exporting machine's layout. Recipes build, export and run with that folder as the current one.
+CLIENT_SCRIPT = "plgg_fl/fl/client.py"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+MODEL_CLASS = "plgg_fl.engine.PlggUNet"
+KEY_METRIC = "val_dice"
+JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
+TASK_GROUPS = (["train"], ["validate", "submit_model"])
+PRIVACY_FILTERS = {"percentile": PercentilePrivacy, "svt": SVTPrivacy}
+
+
+@dataclass
+class StageOptions:
+    """Plain settings of one training job (all of it ends up, as plain values, in the job config).
+
+    ``train``: TrainConfig overrides for the sites (``patch_size``, ``lr``, ``max_steps`` ...; never
+    paths); ``local_steps``: optimiser steps per site per round; ``send``: ``full`` weights or
+    ``diff`` (weight differences); ``fedprox_mu``: FedProx proximal weight (0 = plain FedAvg);
+    ``privacy``: ``{"kind": "percentile"|"svt", **filter args}`` - an NVFlare privacy filter on every
+    training result; ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
+    the site sets ``$PLGG_FL_RECORD_SENDS``).
+    """
+
+    preset: str = "small"
+    num_rounds: int = 2
+    local_steps: int = 10
+    send: str = "full"
+    fedprox_mu: float = 0.0
+    privacy: dict[str, Any] | None = None
+    record_sends: bool = True
+    train: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "StageOptions":
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown stage option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_config(preset: str) -> dict[str, Any]:
+    """The model as NVFlare rebuilds it on the server: class path + plain constructor args."""
+    return {"class_path": MODEL_CLASS, "args": {"preset": preset}}
+
+
+def client_args(stage: str, opts: StageOptions, extra: str = "") -> str:
+    """Command line of the client script (plain values only; lists written without spaces)."""
+    parts = [f"--stage {stage}", f"--local-steps {opts.local_steps}", f"--send {opts.send}"]
+    train = {"preset": opts.preset, **opts.train}
+    for key in sorted(train):
+        value = train[key]
+        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, (list, tuple)) else str(value)
+        if " " in text or "=" in key:
+            raise ValueError(f"train option {key}={value!r}: no spaces allowed in job arguments")
+        parts.append(f"--set {key}={text}")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def at_package_root():
+    """Run a block with the folder holding ``plgg_fl`` as the current folder (see CLIENT_SCRIPT)."""
+    old = os.getcwd()
+    os.chdir(PACKAGE_ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+class _PackageScript:
+    """Mixin: export/run a recipe whose client script is named relative to PACKAGE_ROOT."""
+
+    def export(self, job_dir, *args, **kwargs):
+        job_dir = os.path.abspath(job_dir)
+        with at_package_root():
+            return super().export(job_dir, *args, **kwargs)
+
+    def run(self, env, *args, **kwargs):
+        with at_package_root():
+            return super().run(env, *args, **kwargs)
+
+
+class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
+    """NVFlare's PyTorch FedAvgRecipe with :class:`PinnedFedAvg` as the server workflow."""
+
+    def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, **kwargs):
+        self._sites = list(sites)
+        self._fedprox_mu = fedprox_mu or None
+        super().__init__(min_clients=len(self._sites), **kwargs)
+
+    def _create_controller(self, persistor_id, model_params, model_aggregator):
+        return PinnedFedAvg(
+            sites=self._sites,
+            num_rounds=self.num_rounds,
+            persistor_id=persistor_id,
+            model=model_params,
+            save_filename=self.save_filename,
+            aggregator=model_aggregator,
+            task_name="train",
+            exclude_vars=self.exclude_vars,
+            fedprox_mu=self._fedprox_mu,
+        )
+
+
+def _finish(recipe: Recipe, opts: StageOptions | None, train_task: bool) -> Recipe:
+    recipe._job.set_app_packages(["plgg_fl"])  # Recipe exposes no public accessor in 2.9
+    if opts is not None and opts.privacy:
+        spec = dict(opts.privacy)
+        kind = spec.pop("kind", None)
+        if kind not in PRIVACY_FILTERS:
+            raise ValueError(f"privacy kind must be one of {sorted(PRIVACY_FILTERS)}, got {kind!r}")
+        recipe.add_client_output_filter(PRIVACY_FILTERS[kind](**spec), tasks=["train"])
+    if opts is None or opts.record_sends:
+        # after any privacy filter, so it sees what actually leaves the site. NVFlare task sets of
+        # filters may not overlap, hence one set per task group rather than "all tasks".
+        for tasks in TASK_GROUPS:
+            recipe.add_client_output_filter(SendRecorder(), tasks=tasks)
+    return recipe
+
+
+def training_recipe(
+    name: str, sites: list[str], stage: str, opts: StageOptions, initial_ckpt: str | None = None
+) -> Recipe:
+    """A FedAvg training job over exactly ``sites``; ``stage`` is ``full`` or ``decoder``."""
+    if stage not in ("full", "decoder"):
+        raise ValueError(f"stage must be 'full' or 'decoder', got {stage!r}")
+    if opts.send not in ("full", "diff"):
+        raise ValueError(f"send must be 'full' or 'diff', got {opts.send!r}")
+    if initial_ckpt is not None and not Path(initial_ckpt).is_absolute():
+        raise ValueError(f"initial_ckpt must be an absolute path on the server, got {initial_ckpt!r}")
+    recipe = PinnedFedAvgRecipe(
+        name=name,
+        sites=sites,
+        fedprox_mu=opts.fedprox_mu,
+        model=model_config(opts.preset),
+        initial_ckpt=initial_ckpt,
+        num_rounds=opts.num_rounds,
+        train_script=CLIENT_SCRIPT,
+        train_args=client_args(stage, opts),
+        key_metric=KEY_METRIC,
+        key_metric_mode="max",
+        server_expected_format=ExchangeFormat.PYTORCH,
+    )
+    return _finish(recipe, opts, train_task=True)
+
+
+def pretrain_recipe(opts: StageOptions, sites=("brats",), initial_ckpt: str | None = None) -> Recipe:
+    """Stage 1: central (one-site) pretraining on adult BraTS, from scratch or ``initial_ckpt``."""
+    return training_recipe("brats_pretrain", list(sites), "full", opts, initial_ckpt)
+
+
+def finetune_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
+    """Stage 2: FedAvg of the whole network across the pediatric training sites."""
+    return training_recipe("plgg_finetune", list(sites), "full", opts, initial_ckpt)
+
+
+def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
+    """Stage 3: encoder frozen at every site; only decoder tensors are trained, sent and merged."""
+    return training_recipe("plgg_decoder", list(sites), "decoder", opts, initial_ckpt)
+
+
+class EvaluateRecipe(_PackageScript, Recipe):
+    """``plgg_evaluate``: NVFlare's GlobalModelEval sends one global model to ``sites`` ('validate').
+
+    Results (scalar metrics per site) land in the server's ``cross_site_val/cross_val_results.json``
+    as ``{site: {model file name: {metric: value}}}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sites: list[str],
+        preset: str,
+        train: dict[str, Any] | None = None,
+        eval_ckpt: str | None = None,
+        eval_splits: str = "test",
+        record_sends: bool = True,
+        name: str = "plgg_evaluate",
+        timeout_s: int = 6000,
+    ):
+        if eval_ckpt is not None and not Path(eval_ckpt).is_absolute():
+            raise ValueError(f"eval_ckpt must be an absolute path on the server, got {eval_ckpt!r}")
+        job = BaseFedJob(name=name, min_clients=len(sites))
+        from nvflare.recipe.utils import recipe_model_to_job_model
+
+        ids = job.to_server(PTModel(model=recipe_model_to_job_model(model_config(preset)), initial_ckpt=eval_ckpt))
+        job.to_server(
+            GlobalModelEval(
+                model_locator_id=ids["locator_id"], participating_clients=list(sites), validation_timeout=timeout_s
+            )
+        )
+        opts = StageOptions(preset=preset, train=dict(train or {}), local_steps=0)
+        self._runner_args = client_args("full", opts, extra=f"--eval-splits {eval_splits}")
+        self._record_sends = record_sends
+        Recipe.__init__(self, job)
+
+    def _prepare_client_apps(self) -> None:
+        self._job.to_clients(
+            ScriptRunner(script=CLIENT_SCRIPT, script_args=self._runner_args, framework=FrameworkType.PYTORCH)
+        )
+
+
+def evaluate_recipe(
+    preset: str,
+    sites=("cbtn", "dfci_bch"),
+    eval_ckpt: str | None = None,
+    train: dict[str, Any] | None = None,
+    eval_splits: str = "test",
+    record_sends: bool = True,
+) -> Recipe:
+    """Evaluation job: the model at ``eval_ckpt`` scored at every site on its held-out ``eval_splits``."""
+    recipe = EvaluateRecipe(
+        sites=list(sites), preset=preset, train=train, eval_ckpt=eval_ckpt, eval_splits=eval_splits,
+        record_sends=record_sends,
+    )
+    return _finish(recipe, StageOptions(record_sends=record_sends), train_task=False)
