@@ -173,3 +173,18 @@ def test_pairs_flat_folder_single_mask_and_split_file(tmp_path, data_write_nifti
         import_pairs(src, tmp_path / "m.yaml", splits=splits, progress=False)
     with pytest.raises(DataImportError, match=r"\{key\}"):
         import_pairs(src, tmp_path / "m.yaml", mask_pattern="seg.nii.gz")
+
+
+def test_pairs_several_mask_patterns_mix_single_and_per_rater_masks(tmp_path, data_write_nifti, data_case_arrays):
+    src = tmp_path / "ext"
+    img, mask = data_case_arrays()
+    data_write_nifti(src / "a_t2.nii.gz", img)
+    data_write_nifti(src / "a_seg.nii.gz", mask, dtype=np.uint8)  # development-style single reference
+    data_write_nifti(src / "b_t2.nii.gz", img)
+    for r in ("expert2", "expert1"):
+        data_write_nifti(src / f"b_seg_{r}.nii.gz", mask, dtype=np.uint8)
+    m = import_pairs(src, tmp_path / "m.yaml", mask_pattern=["{key}_seg.nii.gz", "{key}_seg_{rater}.nii.gz"],
+                     val_frac=0, progress=False)
+    cases = {c.key: c for c in m.cases}
+    assert set(cases) == {"a", "b"}  # mask files are never taken for images
+    assert cases["a"].raters == ["ref"] and cases["b"].raters == ["expert1", "expert2"]

@@ -52,8 +52,9 @@ def register(subparsers) -> None:
     sub_p = fmts.add_parser("pairs", parents=[common], help="plain folder of image/mask pairs matched by name patterns")
     sub_p.add_argument("--image-glob", default="*_t2.nii.gz",
                        help="images, relative to SRC; the first '*' of the file name (or {key}) is the case key (default *_t2.nii.gz)")
-    sub_p.add_argument("--mask-pattern", default="{key}_seg.nii.gz",
-                       help="masks relative to SRC with {key} and optional {rater}, e.g. {key}_seg_{rater}.nii.gz (default {key}_seg.nii.gz)")
+    sub_p.add_argument("--mask-pattern", action="append", metavar="PATTERN",
+                       help="masks relative to SRC with {key} and optional {rater}, e.g. {key}_seg_{rater}.nii.gz; "
+                       "repeatable, tried in order (default {key}_seg.nii.gz)")
     sub_p.add_argument("--raters", help="comma-separated raters to use, primary first (default: all found, sorted)")
     sub_p.add_argument("--labels", default="0,1", help="comma-separated allowed mask values (default 0,1)")
     sub_p.set_defaults(func=_import, importer="pairs")
@@ -92,7 +93,7 @@ def _import(args) -> int:
             m = importers.import_nnunet(args.src, args.out, site=args.site, channel=args.channel, **common)
         else:
             m = importers.import_pairs(
-                args.src, args.out, site=args.site, image_glob=args.image_glob, mask_pattern=args.mask_pattern,
+                args.src, args.out, site=args.site, image_glob=args.image_glob, mask_pattern=args.mask_pattern or "{key}_seg.nii.gz",
                 raters=args.raters.split(",") if args.raters else None,
                 label_values=tuple(int(v) for v in args.labels.split(",")), **common,
             )

@@ -110,7 +110,7 @@ def _finish(entries, out, *, site, root, label_values, source, seed, val_frac, t
         source=source,
     )
     write_manifest(manifest, out)
-    log.info("wrote %s: %d cases %s", out, len(manifest.cases), manifest.counts())
+    log.debug("wrote %s: %d cases %s", out, len(manifest.cases), manifest.counts())
     return manifest
 
 
@@ -291,30 +291,34 @@ def import_pairs(
     ``image_glob``: a glob whose first ``*`` in the file name is the case key (``*_t2.nii.gz``,
     ``images/*.nii.gz``), or a pattern with an explicit ``{key}``. ``mask_pattern``: where a case's
     mask lies, with ``{key}`` and optionally ``{rater}`` for several references
-    (``{key}_seg_{rater}.nii.gz``). ``raters`` fixes which raters are used and their order (the
+    (``{key}_seg_{rater}.nii.gz``); a list of patterns is tried in order, e.g. a single ``{key}_seg.nii.gz``
+    (rater ``ref``) for some cases and per-rater files for others. ``raters`` fixes which raters are used and their order (the
     first is primary); otherwise all found, sorted. Images without any mask go to ``test``.
     """
     src = Path(src)
     if not src.is_dir():
         raise DataImportError(f"{src}: not a folder")
-    if "{key}" not in mask_pattern:
-        raise DataImportError(f"mask pattern {mask_pattern!r} needs a {{key}} placeholder")
+    patterns = [mask_pattern] if isinstance(mask_pattern, str) else list(mask_pattern)
+    for pat in patterns:
+        if "{key}" not in pat:
+            raise DataImportError(f"mask pattern {pat!r} needs a {{key}} placeholder")
     if "{key}" not in image_glob:
         head, _, name = image_glob.rpartition("/")
         if "*" not in name:
             raise DataImportError(f"image glob {image_glob!r} needs a '*' (or {{key}}) in the file name for the case key")
         image_glob = (head + "/" if head else "") + name.replace("*", "{key}", 1)
-    img_re, mask_re = _pattern_regex(image_glob), _pattern_regex(mask_pattern)
+    img_re, mask_res = _pattern_regex(image_glob), [_pattern_regex(pat) for pat in patterns]
     rel = lambda p: p.relative_to(src).as_posix()  # noqa: E731
     mask_files = {}
-    for p in sorted(src.glob(_as_glob(mask_pattern))):
-        m = mask_re.fullmatch(rel(p))
-        if m and p.is_file():
-            mask_files.setdefault(m["key"], {})[m.groupdict().get("rater") or "ref"] = p
+    for pat, mask_re in zip(patterns, mask_res):
+        for p in sorted(src.glob(_as_glob(pat))):
+            m = mask_re.fullmatch(rel(p))
+            if m and p.is_file():
+                mask_files.setdefault(m["key"], {}).setdefault(m.groupdict().get("rater") or "ref", p)
     entries, seen = [], set()
     for p in sorted(src.glob(_as_glob(image_glob))):
         m = img_re.fullmatch(rel(p))
-        if not m or not p.is_file() or mask_re.fullmatch(rel(p)):
+        if not m or not p.is_file() or any(r.fullmatch(rel(p)) for r in mask_res):
             continue
         key = m["key"]
         seen.add(key)
@@ -325,7 +329,7 @@ def import_pairs(
         if raters and lacking and masks:
             log.warning("case %s has no mask for rater(s) %s", key, ", ".join(lacking))
         if not masks:
-            log.warning("case %s (%s) has no mask matching %r: put in test with no mask", key, rel(p), mask_pattern)
+            log.warning("case %s (%s) has no mask matching %s: put in test with no mask", key, rel(p), " or ".join(patterns))
         entries.append(_Entry(key, p, masks, None if masks else "test"))
     for key in sorted(set(mask_files) - seen):
         log.warning("mask(s) for %s match no image (%s): ignored", key, image_glob)
