@@ -22,6 +22,8 @@ from scipy import ndimage
 _FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 #: MNI coordinate (mm) of the centre of the template's brain bounding box.
 BRAIN_CENTRE_MNI = (0.0, -17.0, 5.0)
+#: a T2 template sampled (linearly) above this value is inside the brain; edge voxels hold >= ~0.13
+BRAIN_THRESHOLD = 0.06
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,11 @@ def t2_template(weights: tuple[float, float, float], blur_mm: tuple[float, float
     wc, wg, ww = weights
     img = (wc * t.csf + wg * t.gm + ww * t.wm).astype(np.float32)
     sigma = [np.sqrt(max(b * b - 1.0, 0.0)) / 2.355 for b in blur_mm]
+    brain = t.brain
     if any(s > 0.05 for s in sigma):
         img = ndimage.gaussian_filter(img, sigma)
+        brain = ndimage.gaussian_filter(brain, sigma)
+    img[brain < 0.5] = 0.0  # skull-stripped: exactly zero outside the brain (see BRAIN_THRESHOLD)
     img.flags.writeable = False
     return img
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from plgg_fl.synth import anatomy, scanner, tumours
+from plgg_fl.synth.grid import smooth_noise
 from plgg_fl.synth.subject import Subject
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,6 @@ def splits_for(site: str, n: int) -> list[str]:
     return ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], nodes: int = 6) -> np.ndarray:
-    lattice = rng.normal(0, 1, (nodes,) * 3)
-    out = ndimage.zoom(lattice, [max(s, 2) / nodes for s in shape], order=1)
-    out = np.pad(out, [(0, max(0, s - o)) for s, o in zip(shape, out.shape)], mode="edge")
-    return out[: shape[0], : shape[1], : shape[2]].astype(np.float32)
-
-
 def render_case(site: str, index: int, seed: int, base_mm: float, split: str) -> dict:
     """Render one case in memory: image, masks (rater -> uint8 array), affine and metadata."""
     rng = case_rng(seed, site, index)
@@ -73,7 +66,7 @@ def render_case(site: str, index: int, seed: int, base_mm: float, split: str) ->
     v = tum.displace(u)
     tissues = anatomy.load_tissues()
     clean = anatomy.sample(anatomy.t2_template(prof.t2_weights, tuple(spacing)), v)
-    brain = anatomy.sample(tissues.brain, v) > 0.5
+    brain = clean > anatomy.BRAIN_THRESHOLD
     # tumour bounding box in voxels (extent scaled to the subject, plus warp margin)
     c_vox = np.linalg.solve(affine, subj.mni_to_world() @ np.append(tum.centre, 1.0))[:3]
     half = (tum.extent_mm * subj.scale + 10.0) / spacing
@@ -82,7 +75,7 @@ def render_case(site: str, index: int, seed: int, base_mm: float, split: str) ->
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     ub, vb = u[(slice(None), *box)], v[(slice(None), *box)]
     wm = anatomy.sample(tissues.wm, vb)
-    img_b, lab_b = tumours.render(tum, ub, clean[box], wm, _smooth_noise(rng, ub.shape[1:]))
+    img_b, lab_b = tumours.render(tum, ub, clean[box], wm, smooth_noise(rng, ub.shape[1:]))
     clean[box] = img_b
     labels = np.zeros(shape, np.uint8)
     labels[box] = lab_b * brain[box]

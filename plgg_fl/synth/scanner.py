@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from plgg_fl.synth.grid import smooth_noise
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,8 @@ PROFILES: dict[str, ScannerProfile] = {
 
 
 def bias_field(rng: np.random.Generator, shape: tuple[int, int, int], std: float) -> np.ndarray:
-    """Smooth multiplicative field exp(g), g a random 4^3 lattice cubic-upsampled; float32, mean ~1."""
-    lattice = rng.normal(0.0, std, (4, 4, 4))
-    coarse = ndimage.zoom(lattice, [max(2, n // 8) / 4 for n in shape], order=3, mode="nearest")
-    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=1)
-    return np.exp(field[: shape[0], : shape[1], : shape[2]]).astype(np.float32)
+    """Smooth multiplicative field exp(std * g), g a random 4^3 lattice upsampled; float32, median ~1."""
+    return np.exp(np.float32(std) * smooth_noise(rng, shape, nodes=4))
 
 
 def acquire(clean: np.ndarray, brain: np.ndarray, profile: ScannerProfile, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -76,10 +73,11 @@ def acquire(clean: np.ndarray, brain: np.ndarray, profile: ScannerProfile, rng: 
     scale = float(rng.uniform(*profile.scale))
     img = np.power(np.clip(clean, 0, None), gamma, dtype=np.float32)
     img *= bias_field(rng, clean.shape, profile.bias)
-    n1 = rng.standard_normal(clean.shape, dtype=np.float32) * sigma
-    n2 = rng.standard_normal(clean.shape, dtype=np.float32) * sigma
-    img = np.sqrt((img + n1) ** 2 + n2**2) * np.float32(scale)
-    img[~brain] = 0.0
+    inside = img[brain]
+    n1 = rng.standard_normal(inside.shape, dtype=np.float32) * np.float32(sigma)
+    n2 = rng.standard_normal(inside.shape, dtype=np.float32) * np.float32(sigma)
+    img = np.zeros(clean.shape, np.float32)
+    img[brain] = np.sqrt((inside + n1) ** 2 + n2**2) * np.float32(scale)
     if np.dtype(profile.dtype).kind == "i":
         img = np.clip(np.round(img), 0, np.iinfo(profile.dtype).max).astype(profile.dtype)
     else:

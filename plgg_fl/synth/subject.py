@@ -18,6 +18,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from plgg_fl.synth.anatomy import BRAIN_CENTRE_MNI
+from plgg_fl.synth.grid import upsample_linear
 
 _LATTICE_MM = 50.0  # control-point spacing of the random warp (mm)
 _LATTICE_N = 5  # control points per axis, covering MNI -100..100 mm
@@ -82,6 +83,5 @@ class Subject:
         coarse_pts = np.tensordot(lin[:3, :3], grid, axes=1) + lin[:3, 3, None, None, None]
         disp = self.displacement(coarse_pts)
         for r in range(3):
-            up = ndimage.zoom(disp[r].astype(np.float32), [n / m for n, m in zip(shape, nc)], order=1)
-            out[r] += up[: shape[0], : shape[1], : shape[2]]
+            out[r] += upsample_linear(disp[r], shape)
         return out

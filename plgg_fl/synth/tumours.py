@@ -77,11 +77,12 @@ class Blob:
         return cls(np.asarray(centre, float), np.asarray(radii, float), rot, float(rough), rng.normal(0, 1, (6, 6, 6)))
 
     def norm(self, p: np.ndarray) -> np.ndarray:
-        q = np.tensordot(self.rot.T, p - self.centre[:, None, None, None].astype(np.float32), axes=1)
-        q /= self.radii[:, None, None, None].astype(np.float32)
-        r = np.sqrt((q**2).sum(0))
-        noise = ndimage.map_coordinates(self.lattice, (q + 1.5) * (5 / 3.0), order=1, mode="nearest")
-        return r * (1.0 + self.rough * noise)
+        """Normalised radius ``|R^T (p - c) / radii| - rough * noise`` (noise clipped to ±2), float32."""
+        d = [p[i] - np.float32(self.centre[i]) for i in range(3)]
+        q = np.stack([sum(np.float32(self.rot[j, i] / self.radii[i]) * d[j] for j in range(3)) for i in range(3)])
+        r = np.sqrt((q * q).sum(0))
+        noise = ndimage.map_coordinates(self.lattice, (q + 1.5) * np.float32(5 / 3.0), order=1, mode="nearest")
+        return r - np.float32(self.rough) * np.clip(noise, -2, 2)
 
     def dist(self, p: np.ndarray) -> np.ndarray:
         return (self.norm(p) - 1.0) * float(self.radii.mean())
@@ -104,7 +105,7 @@ class Tumour:
     @property
     def extent_mm(self) -> float:
         """Radius (mm) around ``centre`` that contains every part (with roughness margin)."""
-        return max(np.linalg.norm(b.centre - self.centre) + b.radii.max() * (1.3 + b.rough) for b in self.parts.values())
+        return max(np.linalg.norm(b.centre - self.centre) + b.radii.max() * (1 + 2 * b.rough) for b in self.parts.values())
 
     def displace(self, u: np.ndarray) -> np.ndarray:
         """Mass effect: template coordinates (mm) whose tissue appears at subject points ``u`` (3, ...)."""
@@ -135,9 +136,9 @@ def _place(rng, table) -> tuple[str, np.ndarray]:
 def sample_adult(rng: np.random.Generator) -> Tumour:
     """A large supratentorial glioma: necrotic core (1), enhancing rim (4), oedema (2)."""
     loc, c = _place(rng, ADULT_LOCATIONS)
-    r0 = rng.uniform(11, 22)
-    core = Blob.random(rng, c, r0 * rng.uniform(0.8, 1.2, 3), 0.18)
-    oedema = Blob.random(rng, c + rng.normal(0, 3, 3), core.radii * rng.uniform(1.5, 2.3), 0.35)
+    r0 = rng.uniform(10, 20)
+    core = Blob.random(rng, c, r0 * rng.uniform(0.8, 1.2, 3), 0.15)
+    oedema = Blob.random(rng, c + rng.normal(0, 3, 3), core.radii * rng.uniform(1.4, 2.0), 0.3)
     necrosis = rng.uniform(0.35, 0.7) if rng.random() < 0.85 else 0.0
     inten = {"oedema": rng.uniform(0.62, 0.76), "enhancing": rng.uniform(0.5, 0.62), "necrosis": rng.uniform(0.84, 0.97)}
     return Tumour("adult", loc, c, {"oedema": oedema, "core": core}, inten, rng.uniform(0.3, 0.5), necrosis=necrosis)
