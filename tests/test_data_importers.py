@@ -56,6 +56,7 @@ def test_brats_import(brats_tree, tmp_path, caplog):
     assert unlabelled.split == "test" and unlabelled.masks == {}
     assert m.counts() == {"train": 5, "val": 2, "test": 1}  # round(7 * 0.25) = 2 val
     assert "BraTS2021_99999" in caplog.text and "no segmentation" in caplog.text
+    assert "1 of 8 images have a spacing more than 10% from the most common (1.0, 1.0, 1.0) mm" in caplog.text
     # written relative to the manifest, reloadable, and the same split from the same seed
     loaded = load_manifest(out)
     assert [(c.key, c.split, c.image, c.masks) for c in loaded.cases] == [

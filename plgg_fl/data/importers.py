@@ -89,7 +89,15 @@ def _common_spacing(images: list[Path]) -> tuple[float, float, float] | None:
             continue
         if len(zooms) == 3:
             counts[tuple(round(float(z), 4) for z in zooms)] += 1
-    return counts.most_common(1)[0][0] if counts else None
+    if not counts:
+        return None
+    common = counts.most_common(1)[0][0]
+    off = sum(n for z, n in counts.items() if any(abs(a - b) > 0.1 * b for a, b in zip(z, common)))
+    if off:
+        log.warning("%d of %d images have a spacing more than 10%% from the most common %s mm; `data check` "
+                    "will flag them (widen --spacing-tolerance or drop spacing_mm if that is expected)",
+                    off, sum(counts.values()), common)
+    return common
 
 
 def _finish(entries, out, *, site, root, label_values, source, seed, val_frac, test_frac, splits, progress) -> Manifest:
