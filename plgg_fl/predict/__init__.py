@@ -1,0 +1,1 @@
+"""plgg_fl.predict: clinical inference (``plgg-fl predict``, ``plgg-fl export``); see docs/inference.md."""
