@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import traceback
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
-from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, evaluate_cases, validate
+from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, validate
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -73,6 +74,7 @@ def main(argv=None) -> None:
     _, decoder_keys = encoder_decoder_keys(model)
     send_keys = decoder_keys if args.stage == "decoder" else all_keys
     trainer = None
+    n_evaluated = 0  # models scored so far (an evaluation job may send several)
     print(f"[{site}] data from {site_cfg.source}; stage={args.stage}; {len(send_keys)}/{len(all_keys)} tensors sent")
 
     while flare.is_running():
@@ -88,7 +90,9 @@ def main(argv=None) -> None:
             if val_cases:
                 metrics["val_dice"] = float(validate(model, val_cases, cfg)["val_dice"])
             if trainer is None:
-                trainer = ProxTrainer(model, cfg, usable_cases(manifest, "train"), freeze_encoder=args.stage == "decoder")
+                trainer = ProxTrainer(
+                    model, cfg, usable_cases(manifest, "train"), freeze_encoder=args.stage == "decoder", progress=False
+                )
             trainer.set_global((received.meta or {}).get(AlgorithmConstants.FEDPROX_MU, 0.0))
             before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in send_keys}
             out = trainer.train_steps(args.local_steps, progress=False)
@@ -107,11 +111,14 @@ def main(argv=None) -> None:
             )
         elif flare.is_evaluate():
             metrics = {}
+            n_evaluated += 1
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = usable_cases(manifest, split)
                 if not cases:
                     continue
-                out_dir = Path("plgg_results") / flare.get_job_id() / split
+                out_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}" / split
+                from plgg_fl.engine import evaluate_cases
+
                 _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir)
                 metrics.update(scalar_metrics(summary, prefix=f"{split}/"))
             print(f"[{site}] evaluation: {len(metrics)} scalar metrics; per-case rows kept at the site")
@@ -121,4 +128,11 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:
+        # NVFlare runs this script in a thread whose traceback goes to the process's stderr, not to
+        # the site's log.txt; print it so it lands in the site log where operators (and the
+        # pipeline's failure report) look.
+        print("[plgg-fl client] FAILED:\n" + traceback.format_exc())
+        raise

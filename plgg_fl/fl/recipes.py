@@ -17,8 +17,8 @@ sites' validation Dice of the received global model (``best_FL_global_model.pt``
 model class (``plgg_fl.engine.PlggUNet(preset=...)``); to start from a previous stage's model,
 build the recipe with ``initial_ckpt=<absolute path on the server>`` - the pipeline does this for
 each stage at run time, and ``plgg-fl jobs export --initial-ckpt PATH --out DIR`` writes such a
-copy for a real federation (``plgg_evaluate`` likewise needs ``--initial-ckpt``: the model to score;
-without it there is nothing to evaluate). NVFlare's persistor reads the file on the server.
+copy for a real federation (``plgg_evaluate`` likewise needs ``--model NAME=PATH``: the models to
+score; without one there is nothing to evaluate). NVFlare's persistor reads the file on the server.
 
 Sites need ``plgg-fl`` installed (the jobs name ``plgg_fl`` classes; ``plgg_fl`` is declared an app
 package so its code is not copied into the job) and their data configured (:mod:`plgg_fl.fl.site`).
@@ -35,7 +35,6 @@ from typing import Any
 from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 from nvflare.app_common.filters.svt_privacy import SVTPrivacy
 from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
-from nvflare.app_opt.pt.job_config.model import PTModel
 from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 from nvflare.client.config import ExchangeFormat
 from nvflare.job_config.base_fed_job import BaseFedJob
@@ -44,6 +43,7 @@ from nvflare.recipe.spec import Recipe
 
 from plgg_fl.fl.controller import PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
+from plgg_fl.fl.locator import CheckpointLocator
 
 #: The client script, named relative to the folder holding the ``plgg_fl`` package: NVFlare writes an
 #: in-process script's path into the job config as given, so an absolute path would leak the
@@ -156,15 +156,20 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
         )
 
 
-def _finish(recipe: Recipe, opts: StageOptions | None, train_task: bool) -> Recipe:
+def _finish(recipe: Recipe, opts: StageOptions) -> Recipe:
+    with at_package_root():  # adding filters makes NVFlare resolve the client script now
+        return _add_filters(recipe, opts)
+
+
+def _add_filters(recipe: Recipe, opts: StageOptions) -> Recipe:
     recipe._job.set_app_packages(["plgg_fl"])  # Recipe exposes no public accessor in 2.9
-    if opts is not None and opts.privacy:
+    if opts.privacy:
         spec = dict(opts.privacy)
         kind = spec.pop("kind", None)
         if kind not in PRIVACY_FILTERS:
             raise ValueError(f"privacy kind must be one of {sorted(PRIVACY_FILTERS)}, got {kind!r}")
         recipe.add_client_output_filter(PRIVACY_FILTERS[kind](**spec), tasks=["train"])
-    if opts is None or opts.record_sends:
+    if opts.record_sends:
         # after any privacy filter, so it sees what actually leaves the site. NVFlare task sets of
         # filters may not overlap, hence one set per task group rather than "all tasks".
         for tasks in TASK_GROUPS:
@@ -195,7 +200,7 @@ def training_recipe(
         key_metric_mode="max",
         server_expected_format=ExchangeFormat.PYTORCH,
     )
-    return _finish(recipe, opts, train_task=True)
+    return _finish(recipe, opts)
 
 
 def pretrain_recipe(opts: StageOptions, sites=("brats",), initial_ckpt: str | None = None) -> Recipe:
@@ -214,10 +219,10 @@ def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt:
 
 
 class EvaluateRecipe(_PackageScript, Recipe):
-    """``plgg_evaluate``: NVFlare's GlobalModelEval sends one global model to ``sites`` ('validate').
+    """``plgg_evaluate``: NVFlare's GlobalModelEval sends each named model to ``sites`` ('validate').
 
-    Results (scalar metrics per site) land in the server's ``cross_site_val/cross_val_results.json``
-    as ``{site: {model file name: {metric: value}}}``.
+    Results (scalar metrics per site and model) land in the server's
+    ``cross_site_val/cross_val_results.json`` as ``{site: {model name: {metric: value}}}``.
     """
 
     def __init__(
@@ -225,27 +230,22 @@ class EvaluateRecipe(_PackageScript, Recipe):
         *,
         sites: list[str],
         preset: str,
+        models: dict[str, str] | None = None,
         train: dict[str, Any] | None = None,
-        eval_ckpt: str | None = None,
         eval_splits: str = "test",
-        record_sends: bool = True,
         name: str = "plgg_evaluate",
         timeout_s: int = 6000,
     ):
-        if eval_ckpt is not None and not Path(eval_ckpt).is_absolute():
-            raise ValueError(f"eval_ckpt must be an absolute path on the server, got {eval_ckpt!r}")
+        bad = {n: p for n, p in (models or {}).items() if not Path(p).is_absolute()}
+        if bad:
+            raise ValueError(f"model checkpoints must be absolute paths on the server, got {bad}")
         job = BaseFedJob(name=name, min_clients=len(sites))
-        from nvflare.recipe.utils import recipe_model_to_job_model
-
-        ids = job.to_server(PTModel(model=recipe_model_to_job_model(model_config(preset)), initial_ckpt=eval_ckpt))
+        locator_id = job.to_server(CheckpointLocator(models=dict(models or {})), id="locator")
         job.to_server(
-            GlobalModelEval(
-                model_locator_id=ids["locator_id"], participating_clients=list(sites), validation_timeout=timeout_s
-            )
+            GlobalModelEval(model_locator_id=locator_id, participating_clients=list(sites), validation_timeout=timeout_s)
         )
         opts = StageOptions(preset=preset, train=dict(train or {}), local_steps=0)
         self._runner_args = client_args("full", opts, extra=f"--eval-splits {eval_splits}")
-        self._record_sends = record_sends
         Recipe.__init__(self, job)
 
     def _prepare_client_apps(self) -> None:
@@ -257,14 +257,11 @@ class EvaluateRecipe(_PackageScript, Recipe):
 def evaluate_recipe(
     preset: str,
     sites=("cbtn", "dfci_bch"),
-    eval_ckpt: str | None = None,
+    models: dict[str, str] | None = None,
     train: dict[str, Any] | None = None,
     eval_splits: str = "test",
     record_sends: bool = True,
 ) -> Recipe:
-    """Evaluation job: the model at ``eval_ckpt`` scored at every site on its held-out ``eval_splits``."""
-    recipe = EvaluateRecipe(
-        sites=list(sites), preset=preset, train=train, eval_ckpt=eval_ckpt, eval_splits=eval_splits,
-        record_sends=record_sends,
-    )
-    return _finish(recipe, StageOptions(record_sends=record_sends), train_task=False)
+    """Evaluation job: each model in ``models`` (name -> server path) scored at every site on ``eval_splits``."""
+    recipe = EvaluateRecipe(sites=list(sites), preset=preset, models=models, train=train, eval_splits=eval_splits)
+    return _finish(recipe, StageOptions(record_sends=record_sends))

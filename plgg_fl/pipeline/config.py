@@ -1,0 +1,155 @@
+"""Simulator pipeline configuration: one YAML names the cohort, the model, each stage and the methods.
+
+Example (``simulator_configs/tiny.yaml``)::
+
+    name: tiny                       # output folder runs/<name>/
+    cohort: {dir: runs/cohorts/tiny, size: tiny, seed: 0}   # synthesized there when absent
+    preset: tiny                     # PlggUNet preset
+    train: {patch_size: [32, 32, 32], batch_size: 1}       # TrainConfig overrides, every site/stage
+    stages:
+      pretrain: {sites: [brats], num_rounds: 1, local_steps: 2}
+      finetune: {sites: [cbtn, dfci_bch], num_rounds: 1, local_steps: 2}
+      decoder:  {sites: [cbtn, dfci_bch], num_rounds: 1, local_steps: 2}
+    evaluate: {sites: [cbtn, dfci_bch], splits: test}
+    handoff: last                    # which global model a stage hands on: last | best (by val Dice)
+    methods: [stepwise, adult_only]  # see METHODS
+
+A stage entry takes the :class:`plgg_fl.fl.recipes.StageOptions` fields (``num_rounds``,
+``local_steps``, ``send``, ``fedprox_mu``, ``privacy``, ``train``) plus ``sites``. Relative paths are
+relative to the current folder. ``dfci_bch`` becomes an evaluation-only (external) site by leaving
+it out of the training stages' ``sites``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plgg_fl.fl.recipes import StageOptions
+
+#: The compared methods (Boyd et al. 2024 plus the two non-federated references).
+METHODS = {
+    "adult_only": "stage-1 (adult BraTS) model applied to children",
+    "scratch": "stages 2+3 from random initialisation (same budget)",
+    "transfer": "stage 2 only: full fine-tuning of the stage-1 model",
+    "stepwise": "stage 1 -> 2 -> 3 (the method)",
+    "local_only": "each pediatric training site alone, stage 1 -> 2 -> 3 budget, no federation",
+    "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
+}
+STAGES = ("pretrain", "finetune", "decoder")
+_TOP = {"name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
+
+
+class ConfigError(ValueError):
+    """A simulator config that cannot run; the message names the file and the field."""
+
+
+@dataclass
+class StageSpec:
+    sites: list[str]
+    options: StageOptions
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps each site takes over the whole stage."""
+        return self.options.num_rounds * self.options.local_steps
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    cohort_dir: Path
+    cohort_size: str = "tiny"
+    cohort_seed: int = 0
+    preset: str = "small"
+    train: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageSpec] = field(default_factory=dict)
+    eval_sites: list[str] = field(default_factory=lambda: ["cbtn", "dfci_bch"])
+    eval_splits: str = "test"
+    handoff: str = "last"
+    methods: list[str] = field(default_factory=lambda: ["stepwise"])
+    source: str = ""
+
+    @property
+    def sites(self) -> list[str]:
+        """Every site any stage or the evaluation uses."""
+        out: list[str] = []
+        for s in [*(x for st in self.stages.values() for x in st.sites), *self.eval_sites]:
+            if s not in out:
+                out.append(s)
+        return out
+
+
+def _stage(name: str, raw: Any, preset: str, train: dict, origin: str) -> StageSpec:
+    if not isinstance(raw, dict) or not raw.get("sites"):
+        raise ConfigError(f"{origin}: stages.{name} must be a mapping with a non-empty 'sites' list")
+    raw = dict(raw)
+    sites = [str(s) for s in raw.pop("sites")]
+    stage_train = {**train, **(raw.pop("train", None) or {})}
+    try:
+        opts = StageOptions.from_dict({**raw, "preset": preset, "train": stage_train})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: stages.{name}: {exc}") from exc
+    # the poly LR schedule spans the stage unless the config says otherwise
+    opts.train.setdefault("max_steps", opts.num_rounds * opts.local_steps)
+    return StageSpec(sites=sites, options=opts)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and check a simulator config. Raises :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    origin = str(path)
+    unknown = set(data) - _TOP
+    if unknown:
+        raise ConfigError(f"{origin}: unknown field(s) {sorted(unknown)}; known: {sorted(_TOP)}")
+    cohort = data.get("cohort") or {}
+    preset = str(data.get("preset", "small"))
+    train = dict(data.get("train") or {})
+    stages_raw = data.get("stages") or {}
+    missing = [s for s in STAGES if s not in stages_raw]
+    if missing:
+        raise ConfigError(f"{origin}: stages {missing} missing; every config names {list(STAGES)}")
+    stages = {name: _stage(name, stages_raw[name], preset, train, origin) for name in STAGES}
+    ev = data.get("evaluate") or {}
+    methods = list(data.get("methods") or ["stepwise"])
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"{origin}: unknown method(s) {bad}; known: {list(METHODS)}")
+    handoff = data.get("handoff", "last")
+    if handoff not in ("last", "best"):
+        raise ConfigError(f"{origin}: handoff must be 'last' or 'best', got {handoff!r}")
+    return PipelineConfig(
+        name=str(data.get("name") or path.stem),
+        cohort_dir=Path(cohort.get("dir", f"runs/cohorts/{path.stem}")),
+        cohort_size=str(cohort.get("size", "tiny")),
+        cohort_seed=int(cohort.get("seed", 0)),
+        preset=preset,
+        train=train,
+        stages=stages,
+        eval_sites=[str(s) for s in ev.get("sites", ["cbtn", "dfci_bch"])],
+        eval_splits=str(ev.get("splits", "test")),
+        handoff=handoff,
+        methods=methods,
+        source=origin,
+    )
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The resolved config as YAML (written next to the run's outputs)."""
+    stages = {n: {"sites": s.sites, **s.options.to_dict()} for n, s in cfg.stages.items()}
+    data = {
+        "name": cfg.name,
+        "cohort": {"dir": str(cfg.cohort_dir), "size": cfg.cohort_size, "seed": cfg.cohort_seed},
+        "preset": cfg.preset,
+        "stages": stages,
+        "evaluate": {"sites": cfg.eval_sites, "splits": cfg.eval_splits},
+        "handoff": cfg.handoff,
+        "methods": cfg.methods,
+    }
+    return yaml.safe_dump(data, sort_keys=False)

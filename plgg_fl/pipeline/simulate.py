@@ -1,0 +1,166 @@
+"""Run one NVFlare job in the simulator and check what it produced (the simulator's return code is not
+enough: it is 0 even when a client failed).
+
+Layout of a job's simulator workspace (NVFlare 2.9, ``SimEnv(workspace_root=W)``)::
+
+    W/<job>/server/simulate_job/app_server/FL_global_model.pt        last global model
+    W/<job>/server/simulate_job/app_server/best_FL_global_model.pt   best by val_dice
+    W/<job>/server/simulate_job/metrics/round_metrics.jsonl          per-round, per-site metrics
+    W/<job>/server/simulate_job/cross_site_val/cross_val_results.json   evaluation results
+    W/<job>/<site>/log.txt                                           a site's log (client script prints)
+    W/<job>/<site>/plgg_results/...                                  per-case rows, kept at the site
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nvflare.recipe import SimEnv
+
+from plgg_fl.fl.filters import ENV_RECORD_DIR
+from plgg_fl.fl.site import manifest_env_var
+
+_ERROR_LINE = re.compile(r" - (ERROR|CRITICAL) - |Traceback|Error:|Exception")
+_PROGRESS_LINE = re.compile(r"\[(?P<site>[\w-]+)\] (round|evaluation|data from)")
+
+
+class StageFailed(RuntimeError):
+    """A simulator job whose outputs are missing; the message names the site and its log lines."""
+
+
+@dataclass
+class JobResult:
+    name: str
+    workspace: Path  # W/<job>
+    wall_s: float
+    sites: list[str]
+    round_metrics: list[dict] = field(default_factory=list)
+    eval_results: dict = field(default_factory=dict)
+
+    @property
+    def server_app(self) -> Path:
+        return self.workspace / "server" / "simulate_job" / "app_server"
+
+    @property
+    def last_model(self) -> Path:
+        return self.server_app / "FL_global_model.pt"
+
+    @property
+    def best_model(self) -> Path:
+        return self.server_app / "best_FL_global_model.pt"
+
+    def site_log(self, site: str) -> Path:
+        return self.workspace / site / "log.txt"
+
+
+def error_lines(log: Path, limit: int = 12) -> list[str]:
+    """The first ``limit`` error-looking lines of a log (empty if the log is missing)."""
+    if not log.is_file():
+        return [f"(no log at {log})"]
+    lines = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if _ERROR_LINE.search(ln)]
+    return lines[:limit]
+
+
+def _fail(job: str, site: str, why: str, result: JobResult) -> StageFailed:
+    lines = error_lines(result.site_log(site)) if site != "server" else error_lines(result.workspace / "server" / "log.txt")
+    body = "\n    ".join(lines) or "(no error lines found)"
+    return StageFailed(f"{job}: site {site!r} {why}. Log {result.site_log(site) if site != 'server' else 'server/log.txt'}:\n    {body}")
+
+
+def check_training(result: JobResult, num_rounds: int) -> None:
+    """Every pinned site reported in every round, and the server saved a global model."""
+    seen: dict[int, set[str]] = {}
+    for rec in result.round_metrics:
+        seen[int(rec["round"])] = {s["name"] for s in rec.get("sites", [])}
+    for rnd in range(num_rounds):
+        for site in result.sites:
+            if site not in seen.get(rnd, set()):
+                raise _fail(result.name, site, f"sent no training result in round {rnd}", result)
+    if not result.last_model.is_file():
+        raise _fail(result.name, "server", "saved no global model", result)
+
+
+def check_evaluation(result: JobResult, model_names: list[str]) -> None:
+    """Every evaluation site returned non-empty metrics for every model."""
+    for site in result.sites:
+        got = result.eval_results.get(site, {})
+        for name in model_names:
+            if not got.get(name):
+                raise _fail(result.name, site, f"returned no evaluation metrics for model {name!r}", result)
+
+
+class _LogFollower(threading.Thread):
+    """Print the client script's progress lines ("[site] round ...") from the sites' logs as they come."""
+
+    def __init__(self, logs: list[Path], printer):
+        super().__init__(daemon=True)
+        self.logs, self.printer, self.pos = logs, printer, {p: 0 for p in logs}
+        self.stop = threading.Event()
+
+    def poll(self) -> None:
+        for log in self.logs:
+            if not log.is_file():
+                continue
+            with log.open(errors="replace") as fh:
+                fh.seek(self.pos[log])
+                chunk = fh.read()
+                self.pos[log] = fh.tell()
+            for line in chunk.splitlines():
+                m = _PROGRESS_LINE.search(line)
+                if m:
+                    self.printer("    " + line[m.start():])
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.poll()
+        self.poll()
+
+
+def run_in_simulator(
+    recipe,
+    sites: list[str],
+    workspace_root: Path,
+    manifests: dict[str, Path],
+    record_dir: Path | None = None,
+    printer=print,
+) -> JobResult:
+    """Run ``recipe`` with one simulated client per site; the sites find their data through
+    ``PLGG_FL_MANIFEST_<SITE>`` (set here, as a site operator would). Returns the outputs found."""
+    workspace_root = Path(workspace_root).resolve()
+    job_ws = workspace_root / recipe.name
+    if job_ws.exists():
+        shutil.rmtree(job_ws)
+    saved = dict(os.environ)
+    for site in sites:
+        os.environ[manifest_env_var(site)] = str(Path(manifests[site]).resolve())
+    if record_dir is not None:
+        os.environ[ENV_RECORD_DIR] = str(Path(record_dir).resolve() / recipe.name)
+    # one torch thread pool per simulated client, sized so the clients share the cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, len(sites)))))
+    follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
+    follower.start()
+    t0 = time.perf_counter()
+    try:
+        recipe.run(SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config="concise"))
+    except RuntimeError as exc:  # non-zero simulator rc
+        raise StageFailed(f"{recipe.name}: simulator failed: {exc}") from exc
+    finally:
+        follower.stop.set()
+        follower.join()
+        os.environ.clear()
+        os.environ.update(saved)
+    result = JobResult(name=recipe.name, workspace=job_ws, wall_s=time.perf_counter() - t0, sites=list(sites))
+    rm = job_ws / "server" / "simulate_job" / "metrics" / "round_metrics.jsonl"
+    if rm.is_file():
+        result.round_metrics = [json.loads(x) for x in rm.read_text().splitlines() if x.strip()]
+    cv = job_ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
+    if cv.is_file():
+        result.eval_results = json.loads(cv.read_text())
+    return result
