@@ -136,9 +136,9 @@ def _place(rng, table) -> tuple[str, np.ndarray]:
 def sample_adult(rng: np.random.Generator) -> Tumour:
     """A large supratentorial glioma: necrotic core (1), enhancing rim (4), oedema (2)."""
     loc, c = _place(rng, ADULT_LOCATIONS)
-    r0 = rng.uniform(10, 20)
+    r0 = rng.uniform(12, 22)
     core = Blob.random(rng, c, r0 * rng.uniform(0.8, 1.2, 3), 0.15)
-    oedema = Blob.random(rng, c + rng.normal(0, 3, 3), core.radii * rng.uniform(1.4, 2.0), 0.3)
+    oedema = Blob.random(rng, c + rng.normal(0, 3, 3), core.radii * rng.uniform(1.4, 2.1), 0.3)
     necrosis = rng.uniform(0.35, 0.7) if rng.random() < 0.85 else 0.0
     inten = {"oedema": rng.uniform(0.62, 0.76), "enhancing": rng.uniform(0.5, 0.62), "necrosis": rng.uniform(0.84, 0.97)}
     return Tumour("adult", loc, c, {"oedema": oedema, "core": core}, inten, rng.uniform(0.3, 0.5), necrosis=necrosis)
@@ -150,13 +150,13 @@ def sample_plgg(rng: np.random.Generator) -> Tumour:
     p_cyst = {"cerebellar_hemisphere": 0.6, "vermis": 0.45, "optic_hypothalamic": 0.1}.get(loc, 0.25)
     solid_i = rng.uniform(0.64, 0.8)
     if loc == "optic_hypothalamic":  # fusiform, along the chiasm (x)
-        radii = np.array([rng.uniform(11, 18), rng.uniform(6, 10), rng.uniform(5, 8)])
+        radii = np.array([rng.uniform(13, 20), rng.uniform(7, 11), rng.uniform(6, 9)])
         parts = {"solid": Blob.random(rng, c, radii, 0.08)}
     elif loc == "brainstem":  # elongated along the brainstem (z)
-        radii = np.array([rng.uniform(7, 12), rng.uniform(7, 12), rng.uniform(10, 16)])
+        radii = np.array([rng.uniform(9, 13), rng.uniform(9, 13), rng.uniform(12, 18)])
         parts = {"solid": Blob.random(rng, c, radii, 0.08)}
     elif rng.random() < p_cyst:
-        rc = rng.uniform(11, 22)
+        rc = rng.uniform(15, 28)
         cyst = Blob.random(rng, c, rc * rng.uniform(0.85, 1.15, 3), 0.04)
         direction = rng.normal(0, 1, 3)
         direction /= np.linalg.norm(direction)
@@ -164,7 +164,7 @@ def sample_plgg(rng: np.random.Generator) -> Tumour:
         nodule = Blob.random(rng, c + direction * rc * 0.8, rn * rng.uniform(0.8, 1.2, 3), 0.12)
         parts = {"cyst": cyst, "solid": nodule}
     else:
-        parts = {"solid": Blob.random(rng, c, rng.uniform(8, 18) * rng.uniform(0.8, 1.2, 3), 0.08)}
+        parts = {"solid": Blob.random(rng, c, rng.uniform(12, 24) * rng.uniform(0.8, 1.2, 3), 0.08)}
     inten = {"solid": solid_i, "cyst": rng.uniform(0.88, 0.98)}
     halo = rng.uniform(0.05, 0.12) if rng.random() < 0.2 else 0.0
     return Tumour("plgg", loc, c, parts, inten, rng.uniform(0.1, 0.25), halo=halo)
@@ -212,7 +212,7 @@ def render(t: Tumour, u: np.ndarray, tissue: np.ndarray, wm: np.ndarray, texture
 def rater_masks(t: Tumour, u: np.ndarray, rng: np.random.Generator, n: int = 3) -> list[np.ndarray]:
     """``n`` expert delineations of a pLGG: truth boundary moved by a per-rater bias and a smooth random field.
 
-    Shifts scale with tumour size (about 8 % of the mean radius, biases ±5 %), calibrated so mean
+    Shifts scale with tumour size (about 9 % of the mean radius, biases ±5 %), calibrated so mean
     pairwise Dice is about 0.85, as between real experts. Returns boolean arrays.
     """
     d = t.whole_dist(u)
@@ -224,6 +224,6 @@ def rater_masks(t: Tumour, u: np.ndarray, rng: np.random.Generator, n: int = 3) 
         lattice = rng.normal(0, 1, (7, 7, 7))
         idx = (u - t.centre.astype(np.float32)[:, None, None, None] + ext) / (2 * ext) * 6
         field = ndimage.map_coordinates(lattice, idx, order=3, mode="nearest")
-        shift = r * (b + 0.08 * field) + rng.normal(0, 0.3)
+        shift = r * (b + 0.09 * field) + rng.normal(0, 0.3)
         out.append(d + shift < 0)
     return out
