@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "plgg_fl.engine.cli",
     "plgg_fl.pipeline.cli",
     "plgg_fl.fl.cli",
+    "plgg_fl.predict.cli",
 )
 
 

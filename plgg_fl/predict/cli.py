@@ -1,0 +1,74 @@
+"""``plgg-fl predict`` and ``plgg-fl export`` (see docs/inference.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment T2 scans (NIfTI file/folder, manifest, DICOM series) with a checkpoint or export",
+        description=(
+            "Segment whole tumour on skull-stripped T2 scans. Writes <key>_mask.nii.gz on each input's exact "
+            "grid, volumes.csv (ml) and summary.json. Scans must be skull-stripped (zero outside the brain) "
+            "or come with a brain mask; no skull-stripping network is bundled. Exit code 1 if any input failed."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="NIfTI/MHA/NRRD file, folder of them, manifest (.yaml/.json), or DICOM folder")
+    p.add_argument("--model", "-m", required=True, help="engine checkpoint (.pt) or `plgg-fl export` folder")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--brain-mask", dest="brain_masks", help="brain mask file (one input) or folder of <key>.nii.gz masks")
+    p.add_argument("--split", choices=("train", "val", "test"), help="with a manifest: only this split")
+    p.add_argument("--prob", action="store_true", help="also write <key>_prob.nii.gz (foreground probability)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirror test-time augmentation (default: the model's)")
+    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None, help="keep the largest component (default: the model's)")
+    p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None, help="N4 bias-field correction first (default: the model's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_predict)
+
+    e = sub.add_parser("export", help="export a checkpoint to torch.export weights + model card JSON")
+    e.add_argument("ckpt", help="engine checkpoint")
+    e.add_argument("out", help="output folder (model.pt2, model_card.json)")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_export)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from plgg_fl.predict.run import PredictOptions, predict_inputs
+
+    opts = PredictOptions(
+        tta=args.tta,
+        keep_largest=args.keep_largest,
+        n4=args.n4,
+        prob=args.prob,
+        overwrite=args.overwrite,
+        device=args.device,
+        split=args.split,
+        brain_masks=args.brain_masks,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = predict_inputs(args.inputs, args.model, args.out, opts)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(summary.text())
+    return summary.exit_code
+
+
+def _export(args: argparse.Namespace) -> int:
+    from plgg_fl.predict.export import export_model
+
+    try:
+        out = export_model(args.ckpt, args.out, overwrite=args.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"exported {args.ckpt} -> {out}")
+    return 0

@@ -1,0 +1,147 @@
+"""``plgg-fl export CKPT OUT``: a self-contained inference model plus a JSON model card.
+
+``OUT/model.pt2`` is a ``torch.export`` program of the network in eval mode (input
+``[B, 1, *window]`` z-scored T2 windows, B dynamic 1-64; output ``[B, 2, *window]`` logits, softmax
+channel 1 = whole tumour). ``torch.export.load`` runs it without plgg-fl's training code.
+``OUT/model_card.json`` records what is needed to use it correctly and where it came from: preset
+and arguments, input spacing (mm) and normalisation, sliding-window settings, the training
+config, the checkpoint's meta (stages, sites, rounds, metrics when present) and package versions.
+
+:func:`load_model` opens either form (engine checkpoint file or export folder) for ``predict``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plgg_fl.predict.io import atomic_write
+
+FORMAT = "plgg-fl-export/1"
+WEIGHTS, CARD = "model.pt2", "model_card.json"
+MAX_BATCH = 64
+_META_KEYS = ("stage", "stages", "site", "sites", "round", "rounds", "num_rounds", "metrics", "val_dice", "test_metrics", "val_metrics")
+
+
+class ExportedNet(nn.Module):
+    """Wraps an exported graph so the engine can call ``eval()``/``train()`` on it (export forbids both)."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.net = graph
+
+    def train(self, mode: bool = True) -> "ExportedNet":
+        self.training = bool(mode)  # the graph was captured in eval mode; nothing to switch
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("plgg-fl", "torch", "monai", "numpy", "nibabel", "SimpleITK", "nvflare"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (tensors and numpy scalars -> numbers/lists, other objects -> str)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export engine checkpoint ``ckpt`` to folder ``out`` (``model.pt2`` + ``model_card.json``)."""
+    from plgg_fl.engine.checkpoint import load_checkpoint, read_checkpoint
+
+    ckpt, out = Path(ckpt), Path(out)
+    raw = read_checkpoint(ckpt)
+    model, cfg, meta = load_checkpoint(ckpt, device="cpu")
+    model.eval()
+    window = tuple(int(s) for s in cfg.patch_size)
+    example = torch.zeros(2, 1, *window)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    out.mkdir(parents=True, exist_ok=True)
+    weights = atomic_write(out / WEIGHTS, lambda p: torch.export.save(program, str(p)), overwrite=overwrite)
+    training = {k: meta[k] for k in _META_KEYS if k in meta}
+    card = {
+        "format": FORMAT,
+        "weights": WEIGHTS,
+        "weights_format": "torch.export (torch.export.load(path).module())",
+        "weights_sha256": _sha256(weights),
+        "exported_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"class": raw["model_class"], "preset": model.preset, "args": raw["model_args"], "arch": model.arch},
+        "input": {
+            "modality": "T2 (skull-stripped, or brain mask given)",
+            "window_voxels": list(window),
+            "batch": f"1-{MAX_BATCH}",
+            "spacing_mm": list(cfg.spacing_mm) if cfg.spacing_mm else None,
+            "orientation": cfg.orientation,
+            "normalisation": raw["preprocessing"].get("normalisation"),
+            "n4": bool(cfg.extra.get("n4", False)),
+        },
+        "output": "logits [B, 2, *window]; softmax channel 1 = whole tumour; mask = probability > 0.5",
+        "preprocessing": raw["preprocessing"],
+        "inference": {
+            "sw_overlap": cfg.sw_overlap,
+            "sw_batch_size": cfg.sw_batch_size,
+            "tta_mirror": cfg.tta,
+            "keep_largest_component": cfg.keep_largest,
+            "mode": "gaussian",
+        },
+        "train_config": cfg.to_dict(),
+        "training": {"step": raw["step"], **training},
+        "checkpoint_meta": {k: v for k, v in raw.get("meta", {}).items()},
+        "source_checkpoint": {"name": ckpt.name, "sha256": _sha256(ckpt)},
+        "versions": package_versions(),
+    }
+    atomic_write(out / CARD, lambda p: p.write_text(json.dumps(_plain(card), indent=2)), overwrite=overwrite)
+    return out
+
+
+def load_model(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model on ``device`` in eval mode, TrainConfig, card-or-meta) from a checkpoint file or export folder."""
+    from plgg_fl.engine.checkpoint import load_checkpoint
+    from plgg_fl.engine.config import TrainConfig
+
+    path = Path(path)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model not found (an engine checkpoint or an export folder)")
+    if path.is_dir():
+        card_path = path / CARD
+        if not card_path.is_file():
+            raise FileNotFoundError(f"{path}: no {CARD}; not a plgg-fl export folder")
+        card = json.loads(card_path.read_text())
+        if card.get("format") != FORMAT:
+            raise ValueError(f"{card_path}: unknown format {card.get('format')!r} (expected {FORMAT})")
+        program = torch.export.load(str(path / card["weights"]))
+        if dev.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, dev)
+        cfg = TrainConfig.from_dict(card["train_config"]).replace(device=dev.type)
+        return ExportedNet(program.module()), cfg, card
+    model, cfg, meta = load_checkpoint(path, device=dev)
+    return model, cfg.replace(device=dev.type), meta

@@ -1,0 +1,179 @@
+"""The predict loop: every input read, checked, segmented by the engine and written on its own grid.
+
+One bad input never stops the others: its error (file + problem) is recorded, the rest go on, and
+the run's exit code is 1 if anything failed. Per input the outputs are ``<key>_mask.nii.gz`` (uint8,
+1 = whole tumour) and optionally ``<key>_prob.nii.gz`` (float32 foreground probability), both with
+exactly the input's shape, affine and orientation (checked after writing). The run writes
+``volumes.csv`` (tumour volume in ml per scan) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from plgg_fl.predict.io import InputError, ScanInput, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
+from plgg_fl.predict.prep import apply_brain_mask, brain_region, check_scan, n4_correct
+
+log = logging.getLogger(__name__)
+CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "seconds", "error")
+
+
+@dataclass
+class PredictOptions:
+    """``tta`` / ``keep_largest`` / ``n4``: None = the model's default. ``device``: auto | cpu | cuda."""
+
+    tta: bool | None = None
+    keep_largest: bool | None = None
+    n4: bool | None = None
+    prob: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    split: str | None = None
+    brain_masks: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class CaseResult:
+    key: str
+    input: str
+    status: str = "failed"  # "ok" | "failed"
+    volume_ml: float | None = None
+    voxels: int | None = None
+    mask: str | None = None
+    prob: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    results: list[CaseResult] = field(default_factory=list)
+    out_dir: str = ""
+    model: str = ""
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [r for r in self.results if r.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures or not self.results else 0
+
+    def text(self) -> str:
+        ok = len(self.results) - len(self.failures)
+        lines = [f"{ok} of {len(self.results)} scan(s) segmented -> {self.out_dir}"]
+        lines += [f"  {r.key}: {r.volume_ml:.2f} ml" for r in self.results if r.status == "ok"]
+        if self.failures:
+            lines.append(f"{len(self.failures)} FAILED:")
+            lines += [f"  {r.error}" for r in self.failures]
+        return "\n".join(lines)
+
+
+def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: PredictOptions) -> CaseResult:
+    """Segment one input and write its outputs. Raises on any problem (the caller isolates it)."""
+    from plgg_fl.engine.infer import predict as engine_predict
+
+    res = CaseResult(key=item.key, input=str(item.path))
+    mask_path, prob_path = out_dir / f"{item.key}_mask.nii.gz", out_dir / f"{item.key}_prob.nii.gz"
+    for p in (mask_path, prob_path) if opts.prob else (mask_path,):
+        if p.exists() and not opts.overwrite:  # fail before spending compute
+            raise FileExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    scan = read_scan(item)
+    check_scan(scan)
+    given = read_brain_mask(item.brain_mask, scan) if item.brain_mask is not None else None
+    brain = brain_region(scan, given)
+    image = apply_brain_mask(scan, brain) if given is not None else scan.array
+    n4 = opts.n4 if opts.n4 is not None else bool(cfg.extra.get("n4", False))
+    if n4:
+        image = n4_correct(image, brain, scan.spacing_mm)
+    pred = engine_predict(
+        model, nib.Nifti1Image(image, scan.affine), cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob
+    )
+    mask = np.asarray(pred.mask, dtype=np.uint8)
+    mask[~brain] = 0  # tumour lies inside the brain (also where the inverse resampling smears)
+    written: list[Path] = []
+    try:
+        written.append(write_like(mask, scan, mask_path, overwrite=opts.overwrite))
+        if opts.prob:
+            written.append(write_like(np.asarray(pred.prob, dtype=np.float32), scan, prob_path, overwrite=opts.overwrite))
+    except BaseException:
+        for p in written:  # leave no partial set of outputs behind
+            p.unlink(missing_ok=True)
+        raise
+    res.voxels = int(mask.sum())
+    res.volume_ml = round(res.voxels * scan.voxel_ml, 4)
+    res.mask, res.prob = str(mask_path), (str(prob_path) if opts.prob else None)
+    res.status = "ok"
+    return res
+
+
+def _error_text(item: ScanInput, exc: BaseException) -> str:
+    if isinstance(exc, (InputError, FileExistsError)):
+        return str(exc)
+    return f"{item.path}: {type(exc).__name__}: {exc}"
+
+
+def predict_inputs(sources: Sequence[str | Path], model_path: str | Path, out_dir: str | Path, opts: PredictOptions | None = None) -> Summary:
+    """Segment every scan found in ``sources`` with the model at ``model_path`` (checkpoint or export)."""
+    from plgg_fl.predict.export import load_model
+
+    opts = opts or PredictOptions()
+    out = Path(out_dir)
+    csv_path, json_path = out / "volumes.csv", out / "summary.json"
+    for p in (csv_path, json_path):
+        if p.exists() and not opts.overwrite:
+            raise FileExistsError(f"{p}: already exists; pass --overwrite or choose another --out")
+    model, cfg, _card = load_model(model_path, device=opts.device)
+    summary = Summary(out_dir=str(out), model=str(model_path))
+    items: list[ScanInput] = []
+    for src in sources:
+        try:
+            items += discover_inputs(src, split=opts.split, brain_masks=opts.brain_masks)
+        except InputError as exc:
+            summary.results.append(CaseResult(key=Path(src).name, input=str(src), error=str(exc)))
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(items, desc="predict", unit="scan", disable=not opts.progress)
+    for item in bar:
+        bar.set_postfix_str(item.key)
+        t0 = time.perf_counter()
+        try:
+            res = segment_scan(model, cfg, item, out, opts)
+        except Exception as exc:  # noqa: BLE001 - isolate every input
+            log.debug("failed on %s", item.path, exc_info=True)
+            res = CaseResult(key=item.key, input=str(item.path), error=_error_text(item, exc))
+            log.error("%s", res.error)
+        res.seconds = round(time.perf_counter() - t0, 3)
+        summary.results.append(res)
+    write_reports(summary, csv_path, json_path, overwrite=opts.overwrite)
+    return summary
+
+
+def write_reports(summary: Summary, csv_path: Path, json_path: Path, overwrite: bool = False) -> None:
+    """``volumes.csv`` (one row per input, volume in ml) and ``summary.json``, both atomic."""
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in summary.results:
+        w.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+    atomic_write(csv_path, lambda p: p.write_text(buf.getvalue()), overwrite=overwrite)
+    doc = {
+        "model": summary.model,
+        "n_inputs": len(summary.results),
+        "n_ok": len(summary.results) - len(summary.failures),
+        "n_failed": len(summary.failures),
+        "failures": [{"key": r.key, "input": r.input, "error": r.error} for r in summary.failures],
+        "results": [asdict(r) for r in summary.results],
+    }
+    atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=2)), overwrite=overwrite)
