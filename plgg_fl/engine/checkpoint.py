@@ -1,0 +1,67 @@
+"""Checkpoints that are enough on their own for inference.
+
+A checkpoint (``torch.save`` of plain data; loads with ``weights_only=True``) holds::
+
+    format: "plgg-fl-engine/1"
+    model_class: "plgg_fl.engine.networks.PlggUNet"
+    model_args: {"preset": ..., **overrides}     # PlggUNet(**model_args) rebuilds the network
+    state_dict: {name: tensor}                   # CPU tensors
+    train_config: TrainConfig.to_dict()
+    preprocessing: transforms.preprocessing_settings(cfg)
+    step: int                                    # optimizer steps taken
+    meta: dict                                   # free-form (stage, site, round, ...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plgg_fl.engine.config import TrainConfig
+from plgg_fl.engine.networks import PlggUNet
+from plgg_fl.engine.transforms import preprocessing_settings
+
+FORMAT = "plgg-fl-engine/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, step: int = 0, meta: dict | None = None) -> Path:
+    """Write ``model``'s weights with everything needed to rebuild and run it. Atomic (tmp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_args": dict(getattr(model, "init_args", {})),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "train_config": cfg.to_dict(),
+        "preprocessing": preprocessing_settings(cfg),
+        "step": int(step),
+        "meta": dict(meta or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict (see module docstring)."""
+    ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a plgg-fl engine checkpoint")
+    return ck
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[PlggUNet, TrainConfig, dict[str, Any]]:
+    """Rebuild the model (eval mode, on ``device``), its TrainConfig, and ``meta`` (plus ``step``,
+    ``preprocessing`` and ``path`` keys added)."""
+    ck = read_checkpoint(path)
+    model = PlggUNet(**ck["model_args"])
+    model.load_state_dict(ck["state_dict"])
+    model.to(device).eval()
+    cfg = TrainConfig.from_dict(ck["train_config"])
+    meta = {**ck.get("meta", {}), "step": ck["step"], "preprocessing": ck["preprocessing"], "path": str(path)}
+    return model, cfg, meta

@@ -1,0 +1,93 @@
+"""Training / inference configuration as one plain-value dataclass (stored in every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+#: Per-preset defaults for TrainConfig (patch size in voxels at ``spacing_mm``).
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_size=(32, 32, 32), spacing_mm=(2.0, 2.0, 2.0), batch_size=2, sw_batch_size=4),
+    "small": dict(patch_size=(64, 64, 64), spacing_mm=(2.0, 2.0, 2.0), batch_size=2, sw_batch_size=2),
+    "nnunet": dict(patch_size=(128, 128, 128), spacing_mm=(1.0, 1.0, 1.0), batch_size=2, sw_batch_size=2),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained and how images are preprocessed.
+
+    Units: ``spacing_mm`` in mm (None = keep each image's own grid), ``patch_size`` in voxels at that
+    spacing. The preprocessing fields (``spacing_mm``, ``orientation``, ``crop_to_brain``,
+    normalisation = z-score over non-zero voxels, mask = label > 0) apply identically at training
+    and inference time; :func:`plgg_fl.engine.transforms.preprocessing_settings` lists them.
+    """
+
+    preset: str = "small"
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 2
+    spacing_mm: tuple[float, float, float] | None = (2.0, 2.0, 2.0)
+    orientation: str = "RAS"
+    crop_to_brain: bool = True  # crop to the bounding box of non-zero image voxels
+    foreground_ratio: float = 1 / 3  # share of patches centred on a tumour voxel
+    augment: bool = True
+    # optimisation
+    optimizer: str = "sgd"  # "sgd" (Nesterov, nnU-Net) | "adamw"
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    max_steps: int = 1000  # length of the poly LR schedule (total planned steps)
+    grad_clip: float = 12.0  # max grad norm (nnU-Net); 0 = off
+    deep_supervision: bool = True  # use the preset's deep-supervision heads in the loss
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA only
+    cpu_bf16: bool = False  # bf16 autocast on CPU (only if measured faster)
+    channels_last: bool = False  # channels_last_3d memory format
+    num_workers: int = 0
+    cache_num_workers: int = 1
+    # inference
+    sw_batch_size: int = 2
+    sw_overlap: float = 0.5
+    tta: bool = False
+    keep_largest: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
+        """A config with ``preset``'s defaults (patch, spacing, batch) and ``overrides`` applied."""
+        kw: dict[str, Any] = {"preset": preset, **PRESET_DEFAULTS.get(preset, {})}
+        kw.update(overrides)
+        return cls.from_dict(kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("patch_size", "spacing_mm"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if d.get("patch_size") is not None:
+            d["patch_size"] = tuple(int(v) for v in d["patch_size"])
+        if d.get("spacing_mm") is not None:
+            d["spacing_mm"] = tuple(float(v) for v in d["spacing_mm"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)

@@ -1,0 +1,174 @@
+"""Sliding-window inference returning masks in the input image's own voxel grid and affine.
+
+Path: load -> the training preprocessing chain (reorient, resample, crop to brain, z-score) ->
+MONAI ``sliding_window_inference`` (Gaussian weighting, ``cfg.sw_overlap``, ``cfg.sw_batch_size``
+windows per forward) -> optional mirror TTA (all 8 axis-flip combinations, softmax averaged) ->
+foreground probability inverted back through the chain (MONAI ``Invertd``: un-crop, resample
+bilinear, reorient) -> threshold 0.5 -> optional keep-largest-connected-component.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage
+from torch import nn
+from tqdm.auto import tqdm
+
+from plgg_fl.engine.config import TrainConfig
+from plgg_fl.engine.metrics import dice
+from plgg_fl.engine.train import autocast_context
+from plgg_fl.engine.transforms import IMAGE, preprocess
+
+
+@dataclass
+class Prediction:
+    """``mask``: uint8 [X, Y, Z] in the input grid; ``affine``: the input's 4x4 voxel->world (mm);
+    ``prob``: float32 foreground probability on the same grid (if requested)."""
+
+    mask: np.ndarray
+    affine: np.ndarray
+    prob: np.ndarray | None = None
+
+    def save(self, path: str | Path, like: str | Path | None = None) -> Path:
+        """Write the mask as NIfTI (uint8), copying the header of ``like`` (the input image) if given."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = nib.load(str(like)).header.copy() if like else None
+        img = nib.Nifti1Image(self.mask.astype(np.uint8), self.affine, header=header)
+        img.set_data_dtype(np.uint8)
+        nib.save(img, str(path))
+        return path
+
+
+def _load(image: Any) -> MetaTensor:
+    """Path or nibabel image -> MetaTensor [1, X, Y, Z] carrying the affine."""
+    if isinstance(image, (str, Path)):
+        return LoadImage(image_only=True, ensure_channel_first=True)(str(image))
+    if isinstance(image, nib.spatialimages.SpatialImage):
+        arr = np.asarray(image.dataobj, dtype=np.float32)
+        return MetaTensor(torch.from_numpy(arr)[None], affine=torch.as_tensor(image.affine, dtype=torch.float64))
+    raise TypeError(f"image must be a path or a nibabel image, got {type(image).__name__}")
+
+
+def sliding_window_probs(
+    model: nn.Module, x: torch.Tensor, cfg: TrainConfig, device: torch.device, tta: bool = False, progress: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities [1, C, X, Y, Z] (on CPU) for a preprocessed image ``x`` [1, 1, X, Y, Z]."""
+    x = x.to(device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    flips: list[tuple[int, ...]] = [()]
+    if tta:
+        flips = [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
+    acc = None
+    with torch.inference_mode(), autocast_context(device, cfg):
+        for axes in flips:
+            xi = torch.flip(x, axes) if axes else x
+            logits = sliding_window_inference(
+                xi,
+                roi_size=tuple(cfg.patch_size),
+                sw_batch_size=cfg.sw_batch_size,
+                predictor=model,
+                overlap=cfg.sw_overlap,
+                mode="gaussian",
+                progress=progress,
+            )
+            p = torch.softmax(logits.float(), dim=1)
+            p = torch.flip(p, axes) if axes else p
+            acc = p if acc is None else acc + p
+    return (acc / len(flips)).cpu()
+
+
+def predict(
+    model: nn.Module,
+    image: Any,
+    cfg: TrainConfig,
+    *,
+    tta: bool | None = None,
+    keep_largest: bool | None = None,
+    return_prob: bool = False,
+    progress: bool = False,
+) -> Prediction:
+    """Segment one image (path or nibabel image). ``tta``/``keep_largest`` default to the config's.
+
+    The model is put in eval mode and run on the device its parameters are on.
+    """
+    tta = cfg.tta if tta is None else tta
+    keep_largest = cfg.keep_largest if keep_largest is None else keep_largest
+    raw = _load(image)
+    affine = np.asarray(raw.affine, dtype=np.float64)
+    shape = tuple(raw.shape[1:])
+    chain = preprocess(cfg, with_label=False, load=False)
+    data = chain({IMAGE: raw})
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        probs = sliding_window_probs(model, data[IMAGE][None], cfg, device, tta=tta, progress=progress)
+    finally:
+        model.train(was_training)
+    fg = MetaTensor(probs[0, 1:2].contiguous(), meta=dict(data[IMAGE].meta))
+    data["pred"] = fg
+    inv = Invertd(keys="pred", transform=chain, orig_keys=IMAGE, nearest_interp=False, to_tensor=True)(data)["pred"]
+    prob = np.asarray(inv[0].detach().cpu().numpy(), dtype=np.float32)
+    if prob.shape != shape:
+        raise RuntimeError(f"inverted prediction has shape {prob.shape}, input {shape}")
+    mask = (prob > 0.5).astype(np.uint8)
+    if keep_largest and mask.any():
+        mask = keep_largest_component(mask)
+    return Prediction(mask=mask, affine=affine, prob=prob if return_prob else None)
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected foreground component of a binary [X, Y, Z] mask (uint8).
+
+    MONAI's KeepLargestConnectedComponent when scikit-image is installed (it needs it); otherwise
+    the same operation with scipy.ndimage (full connectivity, as MONAI's default).
+    """
+    try:
+        import skimage.measure  # noqa: F401
+
+        out = KeepLargestConnectedComponent(applied_labels=[1])(torch.from_numpy(mask.astype(np.uint8))[None])[0]
+        return np.asarray(out).astype(np.uint8)
+    except ImportError:
+        from scipy import ndimage
+
+        lab, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
+        if n <= 1:
+            return (mask > 0).astype(np.uint8)
+        sizes = np.bincount(lab.ravel())[1:]
+        return (lab == (1 + int(np.argmax(sizes)))).astype(np.uint8)
+
+
+def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Reference mask -> (bool [X, Y, Z] = label > 0, affine, spacing in mm)."""
+    img = nib.load(str(path))
+    m = np.asarray(img.dataobj) > 0
+    return m, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def validate(model: nn.Module, cases: Sequence[Any], cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Mean Dice vs each case's primary mask, predicted in the original grid (sliding window, no TTA).
+
+    Returns ``{"val_dice": mean, "n": cases used, "per_case": {key: dice}}`` (val_dice NaN if no cases).
+    """
+    per_case: dict[str, float] = {}
+    for c in tqdm(cases, desc="validate", disable=not progress, leave=False):
+        image, ref, key = (c["image"], c["label"], c.get("key", str(c["image"]))) if isinstance(c, dict) else (
+            c.image, c.primary_mask, c.key)
+        if ref is None:
+            continue
+        pred = predict(model, image, cfg, tta=False, keep_largest=cfg.keep_largest)
+        per_case[key] = dice(pred.mask, load_mask(ref)[0])
+    vals = list(per_case.values())
+    return {"val_dice": float(np.mean(vals)) if vals else math.nan, "n": len(vals), "per_case": per_case}

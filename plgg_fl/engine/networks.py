@@ -1,0 +1,201 @@
+"""The segmentation network: a MONAI DynUNet with an explicit, name-separable encoder and decoder.
+
+Layout (parameter-name prefixes of ``PlggUNet.state_dict()``):
+
+- **encoder** = ``input_block.*``, ``downsamples.*``, ``bottleneck.*``
+- **decoder** = ``upsamples.*``, ``output_block.*``, ``deep_supervision_heads.*``
+
+DynUNet's recursive ``skip_layers`` helper aliases the same modules under a second name; PlggUNet
+drops it and runs the U-Net with an explicit loop, so every tensor appears exactly once in the
+state dict (what NVFlare exchanges) and the partition above is exact.
+
+Input ``[B, 1, X, Y, Z]`` (z-scored T2, any size divisible by the total stride), output 2-class logits
+``[B, 2, X, Y, Z]`` (channel 1 = whole tumour; softmax, not sigmoid). In train mode with deep
+supervision the output is ``[B, 1 + n_ds, 2, X, Y, Z]``: the full-resolution map first, then the
+lower-resolution heads (upsampled to full size), highest resolution first - DynUNet's convention.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+ENCODER_PREFIXES = ("input_block.", "downsamples.", "bottleneck.")
+DECODER_PREFIXES = ("upsamples.", "output_block.", "deep_supervision_heads.")
+
+#: Plain-value architecture arguments per preset. ``strides[0]`` is the input block's stride (1).
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: ~0.3 M parameters, 3 downsamplings (patch sides divisible by 8)
+    "tiny": dict(
+        filters=[8, 16, 32, 48],
+        kernel_size=[3, 3, 3, 3],
+        strides=[1, 2, 2, 2],
+        norm="instance",
+        deep_supervision=True,
+        deep_supr_num=2,
+        res_block=False,
+    ),
+    # CPU demo: ~4.6 M parameters, 4 downsamplings (patch sides divisible by 16)
+    "small": dict(
+        filters=[16, 32, 64, 128, 192],
+        kernel_size=[3, 3, 3, 3, 3],
+        strides=[1, 2, 2, 2, 2],
+        norm="instance",
+        deep_supervision=True,
+        deep_supr_num=3,
+        res_block=False,
+    ),
+    # nnU-Net v1 3d_fullres for 128^3 patches at 1 mm: 6 levels, 32..320 filters, instance norm,
+    # leaky ReLU 0.01, plain conv blocks; ~31 M parameters.
+    # Every preset supervises all decoder levels below full resolution except the bottleneck's
+    # (DynUNet's maximum deep_supr_num = levels - 2).
+    "nnunet": dict(
+        filters=[32, 64, 128, 256, 320, 320],
+        kernel_size=[3, 3, 3, 3, 3, 3],
+        strides=[1, 2, 2, 2, 2, 2],
+        norm="instance",
+        deep_supervision=True,
+        deep_supr_num=4,
+        res_block=False,
+    ),
+}
+
+_NORMS = {
+    "instance": ("INSTANCE", {"affine": True}),
+    "batch": ("BATCH", {"affine": True}),
+}
+
+
+def preset_args(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The resolved architecture kwargs of ``preset`` with ``overrides`` applied (plain values)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    args = copy.deepcopy(PRESETS[preset])
+    unknown = set(overrides) - set(args) - {"in_channels", "out_channels", "dropout"}
+    if unknown:
+        raise TypeError(f"unknown PlggUNet argument(s): {', '.join(sorted(unknown))}")
+    args.update({"in_channels": 1, "out_channels": 2, "dropout": None})
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return args
+
+
+class PlggUNet(DynUNet):
+    """3D U-Net (MONAI DynUNet) for whole-tumour segmentation; see the module docstring for layout.
+
+    ``PlggUNet(preset="small", **overrides)``: every argument is a plain value (str, int, bool,
+    list), so NVFlare's job export can rebuild it from ``model.init_args``. Overrides: ``filters``,
+    ``kernel_size``, ``strides``, ``norm`` ("instance" | "batch"), ``deep_supervision``,
+    ``deep_supr_num``, ``res_block``, ``in_channels``, ``out_channels``, ``dropout``.
+    """
+
+    def __init__(self, preset: str = "small", **overrides: Any):
+        args = preset_args(preset, **overrides)
+        super().__init__(
+            spatial_dims=3,
+            in_channels=args["in_channels"],
+            out_channels=args["out_channels"],
+            kernel_size=list(args["kernel_size"]),
+            strides=list(args["strides"]),
+            upsample_kernel_size=list(args["strides"][1:]),
+            filters=list(args["filters"]),
+            dropout=args["dropout"],
+            norm_name=_NORMS[args["norm"]],
+            act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+            deep_supervision=bool(args["deep_supervision"]),
+            deep_supr_num=int(args["deep_supr_num"]),
+            res_block=bool(args["res_block"]),
+        )
+        del self.skip_layers  # aliases of the blocks below; forward() walks them explicitly
+        self.preset = preset
+        self.init_args: dict[str, Any] = {"preset": preset, **copy.deepcopy(overrides)}
+        self.arch: dict[str, Any] = args
+        self.encoder_frozen = False
+
+    @property
+    def divisor(self) -> int:
+        """Patch sides must be multiples of this (product of the strides)."""
+        d = 1
+        for s in self.arch["strides"]:
+            d *= int(s)
+        return d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see module docstring
+        skips = [self.input_block(x)]
+        for down in self.downsamples:
+            skips.append(down(skips[-1]))
+        h = self.bottleneck(skips[-1])
+        n_up = len(self.upsamples)
+        heads: list[torch.Tensor] = []
+        for i, up in enumerate(self.upsamples):  # deepest first
+            h = up(h, skips[-1 - i])
+            level = n_up - 1 - i  # 0 = full resolution
+            if self.deep_supervision and self.training and 0 < level <= len(self.deep_supervision_heads):
+                heads.append(self.deep_supervision_heads[level - 1](h))
+        out = self.output_block(h)
+        if self.training and self.deep_supervision:
+            heads.reverse()  # highest resolution first
+            sz = out.shape[2:]
+            ups = [nn.functional.interpolate(t, size=sz, mode="nearest") if t.shape[2:] != sz else t for t in heads]
+            return torch.stack([out, *ups], dim=1)
+        return out
+
+    def train(self, mode: bool = True) -> "PlggUNet":
+        """As nn.Module.train, but a frozen encoder's norm layers stay in eval mode (stats frozen)."""
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            for name, module in self.named_modules():
+                if name.startswith(tuple(p.rstrip(".") for p in ENCODER_PREFIXES)):
+                    module.eval()
+        return self
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def encoder_decoder_keys(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Partition ``model.state_dict()`` keys into (encoder keys, decoder keys), in state-dict order.
+
+    Raises ValueError if a key belongs to neither part (so a new layer cannot slip through silently).
+    """
+    enc, dec, other = [], [], []
+    for k in model.state_dict().keys():
+        if k.startswith(ENCODER_PREFIXES):
+            enc.append(k)
+        elif k.startswith(DECODER_PREFIXES):
+            dec.append(k)
+        else:
+            other.append(k)
+    if other:
+        raise ValueError(f"state-dict keys in neither encoder nor decoder: {other[:5]}")
+    return enc, dec
+
+
+def freeze_encoder(model: PlggUNet) -> PlggUNet:
+    """Stage 3: encoder parameters get ``requires_grad=False`` and its norm layers stay in eval mode.
+
+    Instance norm (the presets' default) keeps no running stats; with ``norm="batch"`` the running
+    mean/var are kept frozen because ``PlggUNet.train()`` leaves encoder modules in eval mode.
+    Build the optimizer after freezing (``Trainer(freeze_encoder=True)`` does).
+    """
+    enc, _ = encoder_decoder_keys(model)
+    enc_set = set(enc)
+    for name, p in model.named_parameters():
+        if name in enc_set:
+            p.requires_grad_(False)
+    model.encoder_frozen = True
+    model.train(model.training)
+    return model
+
+
+def unfreeze_encoder(model: PlggUNet) -> PlggUNet:
+    """Undo :func:`freeze_encoder`."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.encoder_frozen = False
+    model.train(model.training)
+    return model
