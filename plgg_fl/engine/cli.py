@@ -1,0 +1,153 @@
+"""``plgg-fl train`` and ``plgg-fl evaluate``: central / local training and evaluation without NVFlare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+__all__ = ["register", "site_cases"]
+
+log = logging.getLogger("plgg_fl.engine")
+
+
+def site_cases(manifest, split: str):
+    """The usable cases of ``split`` (bad ones left out and logged by the data layer)."""
+    from plgg_fl.data.validate import usable_cases
+
+    return usable_cases(manifest, split)
+
+
+def _sets(items: list[str]) -> dict:
+    out = {}
+    for s in items:
+        if "=" not in s:
+            raise SystemExit(f"--set expects KEY=VALUE, got {s!r}")
+        k, v = s.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def register(subparsers) -> None:
+    t = subparsers.add_parser(
+        "train",
+        help="train a model on a manifest's train split (central / local baseline / stage 1)",
+        description="Patch-based training with validation on the manifest's val split every --val-every steps. "
+        "Writes DIR/model.pt (last), DIR/best.pt (best val Dice), DIR/train_log.jsonl and DIR/config.json.",
+    )
+    t.add_argument("--manifest", required=True, type=Path, help="site manifest (YAML/JSON)")
+    t.add_argument("--preset", choices=("tiny", "small", "nnunet"),
+                   help="network preset (default small; with --init the checkpoint's)")
+    t.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    t.add_argument("--init", type=Path, metavar="CKPT", help="start from this checkpoint (its network and preprocessing)")
+    t.add_argument("--freeze-encoder", action="store_true", help="stage 3: train the decoder only")
+    t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: TrainConfig.max_steps)")
+    t.add_argument("--val-every", type=int, default=250, metavar="N", help="validate and log every N steps (default 250)")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. lr=0.001")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint on a manifest split against every rater",
+        description="Writes DIR/per_case.csv (one row per case and comparison) and DIR/summary.json (aggregates).",
+    )
+    e.add_argument("--manifest", required=True, type=Path)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--ckpt", required=True, type=Path, help="engine checkpoint")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR")
+    e.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
+    e.add_argument("--keep-largest", action="store_true", help="keep the largest connected component")
+    e.add_argument("--nsd-tolerance-mm", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
+    e.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions/<key>.nii.gz")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from plgg_fl.data.manifest import load_manifest
+    from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, load_checkpoint, save_checkpoint
+    from plgg_fl.engine.networks import count_parameters
+
+    manifest = load_manifest(args.manifest)
+    train_cases, val_cases = site_cases(manifest, "train"), site_cases(manifest, "val")
+    if not train_cases:
+        log.error("%s: no usable training cases", args.manifest)
+        return 1
+    overrides = {"seed": args.seed, "device": args.device, **_sets(args.set)}
+    if args.steps is not None:
+        overrides["max_steps"] = args.steps
+    torch.manual_seed(args.seed)
+    if args.init:
+        model, init_cfg, meta = load_checkpoint(args.init)
+        if args.preset and args.preset != init_cfg.preset:
+            log.warning("--preset %s ignored: the network comes from %s (%s)", args.preset, args.init, init_cfg.preset)
+        # keep the pretrained model's preprocessing; training settings from this run's overrides
+        keep = {k: getattr(init_cfg, k) for k in ("preset", "patch_size", "spacing_mm", "orientation", "crop_to_brain")}
+        cfg = TrainConfig.from_dict({**TrainConfig.for_preset(init_cfg.preset).to_dict(), **keep, **overrides})
+        log.info("initialised from %s (step %s)", args.init, meta["step"])
+    else:
+        cfg = TrainConfig.for_preset(args.preset or "small", **overrides)
+        model = PlggUNet(cfg.preset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log.info("%s: %d train / %d val cases; %s %.2f M parameters; patch %s at %s mm; %d steps on %s",
+             manifest.site, len(train_cases), len(val_cases), cfg.preset, count_parameters(model) / 1e6,
+             cfg.patch_size, cfg.spacing_mm, cfg.max_steps, cfg.torch_device())
+    trainer = Trainer(model, cfg, train_cases, freeze_encoder=args.freeze_encoder, progress=not args.no_progress)
+    best = {"val_dice": -1.0}
+    meta = {"site": manifest.site, "freeze_encoder": args.freeze_encoder, "init": str(args.init) if args.init else None}
+    t0 = time.time()
+
+    def on_epoch(rec: dict) -> None:
+        rec = {**rec, "elapsed_s": round(time.time() - t0, 1)}
+        with open(out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta)
+        if rec.get("val_dice", -1.0) > best["val_dice"]:
+            best.update(rec)
+            save_checkpoint(out / "best.pt", trainer.model, cfg, step=trainer.step, meta={**meta, "val_dice": rec["val_dice"]})
+
+    trainer.fit(cfg.max_steps, val_cases=val_cases, val_every=args.val_every, on_epoch=on_epoch)
+    save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta)
+    msg = f"trained {trainer.step} steps in {time.time() - t0:.0f} s -> {out / 'model.pt'}"
+    if best["val_dice"] >= 0:
+        msg += f"; best val Dice {best['val_dice']:.4f} at step {best['total_steps']} -> {out / 'best.pt'}"
+    print(msg)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from plgg_fl.data.manifest import load_manifest
+    from plgg_fl.engine import evaluate_cases, load_checkpoint
+    from plgg_fl.engine.metrics import format_summary
+
+    manifest = load_manifest(args.manifest)
+    cases = site_cases(manifest, args.split)
+    if not cases:
+        log.error("%s: no usable cases in split %s", args.manifest, args.split)
+        return 1
+    model, cfg, meta = load_checkpoint(args.ckpt)
+    cfg = cfg.replace(device=args.device)
+    model.to(cfg.torch_device())
+    _, summary = evaluate_cases(
+        model, cases, cfg, out_dir=args.out, tta=args.tta, keep_largest=args.keep_largest,
+        nsd_tolerance_mm=args.nsd_tolerance_mm, save_predictions=args.save_predictions, progress=not args.no_progress,
+    )
+    print(f"{manifest.site} / {args.split}: {len(cases)} cases, checkpoint {args.ckpt} (step {meta['step']})")
+    for name, g in summary["groups"].items():
+        print(f"  {name:<24} Dice {format_summary(g['dice'])}")
+        if "hd95_mm" in g:
+            print(f"  {'':<24} HD95 mm {format_summary(g['hd95_mm'], 2)}")
+    print(f"-> {Path(args.out) / 'per_case.csv'}, {Path(args.out) / 'summary.json'}")
+    return 0
