@@ -197,3 +197,10 @@ def test_importers_recognise_the_synthetic_layouts(tiny, tmp_path):
     raters = {c.key: c.raters for c in pairs.cases}
     for case in load_manifest(tiny["dfci_bch"]).cases:
         assert sorted(raters[case.key]) == sorted(case.raters)
+
+
+@pytest.mark.parametrize("kwargs", [{"size": "huge"}, {"sites": ["mgh"]}, {"n_cases": 0}, {"spacing_mm": 0.1}])
+def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        generate_cohort(tmp_path / "x", progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()

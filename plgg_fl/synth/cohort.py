@@ -188,10 +188,14 @@ def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: floa
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
-    sites = list(sites or SITES)
+    sites = [sites] if isinstance(sites, str) else list(sites or SITES)
     bad = [s for s in sites if s not in SITES]
     if bad:
         raise ValueError(f"unknown site(s) {bad}; expected some of {', '.join(SITES)}")
+    if n_cases is not None and int(n_cases) < 1:
+        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+    if spacing_mm is not None and not 0.5 <= float(spacing_mm) <= 8.0:
+        raise ValueError(f"spacing_mm must be between 0.5 and 8 mm, got {spacing_mm}")
     base_mm = float(spacing_mm or SIZES[size]["spacing_mm"])
     out_dir = Path(out_dir)
     jobs = []
