@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None, help="keep the largest component (default: the model's)")
     p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None, help="N4 bias-field correction first (default: the model's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast on CPUs with native bf16 (AVX512_BF16/AMX), else the model's setting")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the model's)")
+    p.add_argument("--no-crop", dest="crop", action="store_false", help="run the model on the whole volume, not the brain box")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
@@ -52,6 +56,9 @@ def _predict(args: argparse.Namespace) -> int:
         split=args.split,
         brain_masks=args.brain_masks,
         progress=not args.no_progress,
+        precision=args.precision,
+        sw_batch_size=args.sw_batch_size,
+        crop=args.crop,
     )
     try:
         summary = predict_inputs(args.inputs, args.model, args.out, opts)

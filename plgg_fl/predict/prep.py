@@ -48,7 +48,7 @@ def check_scan(scan: Scan) -> None:
         raise InputError(path, "empty image: every voxel is zero")
     if float(a.min()) == float(a.max()):
         raise InputError(path, f"empty image: every voxel has the same value {float(a.min())}")
-    sample = nz if nz.size <= 2_000_000 else nz[:: nz.size // 2_000_000 + 1]
+    sample = nz if nz.size <= 200_000 else nz[:: nz.size // 200_000 + 1]
     values = np.unique(sample)
     if values.size <= MAX_LABEL_VALUES and np.all(values == np.round(values)):
         shown = ", ".join(f"{v:g}" for v in values[:8])
@@ -100,6 +100,36 @@ def apply_brain_mask(scan: Scan, brain: np.ndarray) -> np.ndarray:
     out = scan.array.copy()
     out[~brain] = 0
     return out
+
+
+def brain_box(brain: np.ndarray, affine: np.ndarray, margin_mm: float) -> tuple[slice, slice, slice]:
+    """Bounding box of ``brain`` (voxel slices) grown by ``margin_mm`` (mm) per side, clipped to the image."""
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    box = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        idx = np.flatnonzero(brain.any(axis=other))
+        pad = int(np.ceil(margin_mm / spacing[ax]))
+        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, brain.shape[ax])))
+    return tuple(box)
+
+
+def crop_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
+    """Affine of the sub-array ``array[box]``: same axes and spacing, origin moved to the box's corner (mm)."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    start = np.array([s.start for s in box], dtype=np.float64)
+    out[:3, 3] = out[:3, :3] @ start + out[:3, 3]
+    return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX), where bf16 autocast is usually faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def n4_correct(image: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float], shrink: int = 4, iterations: int = 50) -> np.ndarray:

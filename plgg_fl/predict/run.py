@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plgg_fl.predict.io import InputError, ScanInput, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
-from plgg_fl.predict.prep import apply_brain_mask, brain_region, check_scan, n4_correct
+from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, cpu_has_native_bf16, crop_affine, n4_correct
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "seconds", "error")
@@ -31,7 +31,12 @@ CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "
 
 @dataclass
 class PredictOptions:
-    """``tta`` / ``keep_largest`` / ``n4``: None = the model's default. ``device``: auto | cpu | cuda."""
+    """``tta`` / ``keep_largest`` / ``n4`` / ``sw_batch_size``: None = the model's default.
+
+    ``device``: auto | cpu | cuda. ``precision``: auto (bf16 autocast on CPUs with native bf16, else
+    the model's setting; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: run the
+    model on the brain's bounding box (+ ``margin_mm``) only and paste the result back.
+    """
 
     tta: bool | None = None
     keep_largest: bool | None = None
@@ -42,6 +47,10 @@ class PredictOptions:
     split: str | None = None
     brain_masks: str | None = None
     progress: bool = True
+    precision: str = "auto"
+    sw_batch_size: int | None = None
+    crop: bool = True
+    margin_mm: float = 8.0
 
 
 @dataclass
@@ -98,16 +107,19 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     n4 = opts.n4 if opts.n4 is not None else bool(cfg.extra.get("n4", False))
     if n4:
         image = n4_correct(image, brain, scan.spacing_mm)
-    pred = engine_predict(
-        model, nib.Nifti1Image(image, scan.affine), cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob
-    )
-    mask = np.asarray(pred.mask, dtype=np.uint8)
+    box = brain_box(brain, scan.affine, opts.margin_mm) if opts.crop else tuple(slice(0, n) for n in scan.shape)
+    sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
+    pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
+    mask = np.zeros(scan.shape, np.uint8)
+    mask[box] = pred.mask
     mask[~brain] = 0  # tumour lies inside the brain (also where the inverse resampling smears)
     written: list[Path] = []
     try:
         written.append(write_like(mask, scan, mask_path, overwrite=opts.overwrite))
         if opts.prob:
-            written.append(write_like(np.asarray(pred.prob, dtype=np.float32), scan, prob_path, overwrite=opts.overwrite))
+            prob = np.zeros(scan.shape, np.float32)
+            prob[box] = pred.prob
+            written.append(write_like(prob, scan, prob_path, overwrite=opts.overwrite))
     except BaseException:
         for p in written:  # leave no partial set of outputs behind
             p.unlink(missing_ok=True)
@@ -117,6 +129,22 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     res.mask, res.prob = str(mask_path), (str(prob_path) if opts.prob else None)
     res.status = "ok"
     return res
+
+
+def inference_config(cfg: Any, opts: PredictOptions) -> Any:
+    """The model's TrainConfig with this run's speed settings (precision, windows per forward)."""
+    changes: dict[str, Any] = {}
+    if opts.sw_batch_size:
+        changes["sw_batch_size"] = int(opts.sw_batch_size)
+    if opts.precision == "fp32":
+        changes.update(cpu_bf16=False, amp=False)
+    elif opts.precision == "bf16":
+        changes["cpu_bf16"] = True
+    elif opts.precision == "auto" and cfg.device == "cpu" and cpu_has_native_bf16():
+        changes["cpu_bf16"] = True
+    elif opts.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {opts.precision!r}")
+    return cfg.replace(**changes)
 
 
 def _error_text(item: ScanInput, exc: BaseException) -> str:
@@ -136,6 +164,7 @@ def predict_inputs(sources: Sequence[str | Path], model_path: str | Path, out_di
         if p.exists() and not opts.overwrite:
             raise FileExistsError(f"{p}: already exists; pass --overwrite or choose another --out")
     model, cfg, _card = load_model(model_path, device=opts.device)
+    cfg = inference_config(cfg, opts)
     summary = Summary(out_dir=str(out), model=str(model_path))
     items: list[ScanInput] = []
     for src in sources:
