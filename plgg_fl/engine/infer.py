@@ -71,19 +71,24 @@ def sliding_window_probs(
     if tta:
         flips = [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
     acc = None
-    with torch.inference_mode(), autocast_context(device, cfg):
+
+    def predictor(w: torch.Tensor) -> torch.Tensor:  # autocast the network only; blending stays fp32
+        with autocast_context(device, cfg):
+            return model(w).float()
+
+    with torch.inference_mode():
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
             logits = sliding_window_inference(
                 xi,
                 roi_size=tuple(cfg.patch_size),
                 sw_batch_size=cfg.sw_batch_size,
-                predictor=model,
+                predictor=predictor,
                 overlap=cfg.sw_overlap,
                 mode="gaussian",
                 progress=progress,
             )
-            p = torch.softmax(logits.float(), dim=1)
+            p = torch.softmax(logits, dim=1)
             p = torch.flip(p, axes) if axes else p
             acc = p if acc is None else acc + p
     return (acc / len(flips)).cpu()

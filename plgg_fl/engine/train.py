@@ -52,10 +52,10 @@ def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.o
 
 
 def autocast_context(device: torch.device, cfg: TrainConfig):
-    """fp16 autocast on CUDA when ``cfg.amp``; bf16 autocast on CPU when ``cfg.cpu_bf16``; else nothing."""
+    """fp16 autocast on CUDA when ``cfg.amp``; bf16 autocast on CPU when ``cfg.use_cpu_bf16()``; else nothing."""
     if device.type == "cuda" and cfg.amp:
         return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu" and cfg.cpu_bf16:
+    if device.type == "cpu" and cfg.use_cpu_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -106,7 +106,7 @@ class Trainer:
         self.dataset = CacheDataset(
             case_dicts(train_cases),
             transform=self.transform,
-            cache_rate=1.0,
+            cache_rate=cfg.cache_rate,
             num_workers=max(1, cfg.cache_num_workers),
             progress=progress,
         )
