@@ -101,3 +101,48 @@ def sample(volume: np.ndarray, coords_mm: tuple[np.ndarray, np.ndarray, np.ndarr
     o = load_tissues().origin_mm
     idx = [np.asarray(c, dtype=np.float32) - np.float32(o[i]) for i, c in enumerate(coords_mm)]
     return ndimage.map_coordinates(volume, idx, order=order, mode="constant", cval=0.0, prefilter=False)
+
+
+#: MNI box (mm) searched for the ventricles: (x, y, z) low and high corners
+_VENTRICLE_BOX = ((-35, -50, -8), (35, 35, 35))
+
+
+@lru_cache(maxsize=1)
+def ventricle_distance() -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """Distance (mm) to the lateral and third ventricles, on a crop of the template grid.
+
+    Ventricles = the three largest connected regions of CSF probability > 0.6 inside a central box.
+    Returns (distance float32, the crop as template-grid slices); used to widen the ventricles
+    (obstructive hydrocephalus) in some posterior-fossa pLGG cases.
+    """
+    t = load_tissues()
+    o = t.origin_mm
+    margin = 12
+    crop = tuple(slice(int(a - oo) - margin, int(b - oo) + margin) for a, b, oo in zip(*_VENTRICLE_BOX, o))
+    inner = tuple(slice(margin, s.stop - s.start - margin) for s in crop)
+    csf = t.csf[crop] > 0.6
+    search = np.zeros_like(csf)
+    search[inner] = csf[inner]
+    lab, n = ndimage.label(search)
+    sizes = ndimage.sum(search, lab, range(1, n + 1))
+    keep = np.isin(lab, 1 + np.argsort(sizes)[::-1][:3])
+    dist = ndimage.distance_transform_edt(~keep).astype(np.float32)
+    dist.flags.writeable = False
+    return dist, crop
+
+
+def widen_ventricles(clean: np.ndarray, coords_mm: np.ndarray, widen_mm: float, csf_signal: float) -> np.ndarray:
+    """Obstructive hydrocephalus, crudely: tissue within ``widen_mm`` of the ventricles (template mm,
+    sampled at ``coords_mm`` (3, ...)) becomes CSF, with a 1.5 mm partial-volume ramp. In place; returns ``clean``."""
+    dist, crop = ventricle_distance()
+    idx = np.asarray(coords_mm, dtype=np.float32) - (load_tissues().origin_mm + [s.start for s in crop]).astype(np.float32)[:, None, None, None]
+    inside = np.ones(clean.shape, bool)
+    for i, s in enumerate(crop):
+        inside &= (idx[i] >= 0) & (idx[i] <= s.stop - s.start - 1)
+    if not inside.any():
+        return clean
+    d = ndimage.map_coordinates(dist, idx[:, inside], order=1, mode="nearest")
+    w = np.clip((widen_mm - d) / 1.5 + 0.5, 0.0, 1.0).astype(np.float32)
+    vals = clean[inside]
+    clean[inside] = np.where(vals > BRAIN_THRESHOLD, vals * (1 - w) + np.float32(csf_signal) * w, vals)
+    return clean

@@ -28,7 +28,7 @@ from plgg_fl.synth.grid import smooth_noise
 from plgg_fl.synth.subject import Subject
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 SITES = ("brats", "cbtn", "dfci_bch")
 #: per size: base voxel spacing (mm) and cases per site
 SIZES = {
@@ -67,6 +67,8 @@ def render_case(site: str, index: int, seed: int, base_mm: float, split: str) ->
     tissues = anatomy.load_tissues()
     clean = anatomy.sample(anatomy.t2_template(prof.t2_weights, tuple(spacing)), v)
     brain = clean > anatomy.BRAIN_THRESHOLD
+    if tum.hydrocephalus_mm > 0:
+        anatomy.widen_ventricles(clean, v, tum.hydrocephalus_mm, prof.t2_weights[0])
     # tumour bounding box in voxels (extent scaled to the subject, plus warp margin)
     c_vox = np.linalg.solve(affine, subj.mni_to_world() @ np.append(tum.centre, 1.0))[:3]
     half = (tum.extent_mm * subj.scale + 10.0) / spacing
@@ -82,6 +84,7 @@ def render_case(site: str, index: int, seed: int, base_mm: float, split: str) ->
     image, acq = scanner.acquire(clean, brain, prof, rng)
     masks = {}
     meta = {"split": split, "location": tum.location, "tumour": tum.kind, "parts": sorted(tum.parts),
+            "hydrocephalus_mm": round(tum.hydrocephalus_mm, 2),
             "centre_mni_mm": [round(float(x), 2) for x in tum.centre], "subject_scale": round(subj.scale, 4),
             "world_to_mni": np.round(subj.world_to_mni(), 5).tolist(),
             "volume_ml": round(float((labels > 0).sum() * spacing.prod() / 1000.0), 3), **acq}

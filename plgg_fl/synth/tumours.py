@@ -24,7 +24,8 @@ Shapes are ellipsoids with a smooth random surface (``rough`` = relative radius 
 Adults: enhancing rim around a necrotic core (BraTS labels 4 and 1) inside a larger, irregular
 oedema shell confined mostly to white matter (label 2), with mass effect. pLGG: well circumscribed,
 solid (T2 bright) or a cyst (near CSF signal) with a solid mural nodule; binary mask = whole
-tumour including the cyst; sometimes a faint unlabelled peritumoural T2 halo; little mass effect.
+tumour including the cyst; sometimes a faint unlabelled peritumoural T2 halo; little mass effect;
+half of cerebellar/vermian tumours come with obstructive hydrocephalus (ventricles widened 2-6 mm).
 Intensities are relative to CSF = 1 (the scanner model maps them to stored units).
 """
 
@@ -100,6 +101,7 @@ class Tumour:
     mass_effect: float  # fraction of radial compression at the centre
     necrosis: float = 0.0  # adult: core norm radius below which the core is necrotic
     halo: float = 0.0  # pLGG: extra T2 signal of an unlabelled 3 mm peritumoural halo
+    hydrocephalus_mm: float = 0.0  # pLGG in the posterior fossa: ventricles widened by this much (mm)
     info: dict = field(default_factory=dict)
 
     @property
@@ -167,7 +169,8 @@ def sample_plgg(rng: np.random.Generator) -> Tumour:
         parts = {"solid": Blob.random(rng, c, rng.uniform(12, 24) * rng.uniform(0.8, 1.2, 3), 0.08)}
     inten = {"solid": solid_i, "cyst": rng.uniform(0.88, 0.98)}
     halo = rng.uniform(0.05, 0.12) if rng.random() < 0.2 else 0.0
-    return Tumour("plgg", loc, c, parts, inten, rng.uniform(0.1, 0.25), halo=halo)
+    hydro = rng.uniform(2.0, 6.0) if loc in ("cerebellar_hemisphere", "vermis") and rng.random() < 0.5 else 0.0
+    return Tumour("plgg", loc, c, parts, inten, rng.uniform(0.1, 0.25), halo=halo, hydrocephalus_mm=hydro)
 
 
 def _ramp(d: np.ndarray, width_mm: float = 1.5) -> np.ndarray:
