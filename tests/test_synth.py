@@ -204,3 +204,14 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs):
     with pytest.raises(ValueError):
         generate_cohort(tmp_path / "x", progress=False, **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_rerun_replaces_an_old_cohort_but_not_foreign_data(tmp_path):
+    generate_cohort(tmp_path, size="tiny", sites=["cbtn"], n_cases=5, progress=False)
+    generate_cohort(tmp_path, size="tiny", sites=["cbtn"], n_cases=3, progress=False)
+    assert len(list((tmp_path / "cbtn" / "Dataset501_CBTN").rglob("*_0000.nii.gz"))) == 3  # no stale cases
+    (tmp_path / "brats").mkdir()
+    (tmp_path / "brats" / "patient.nii.gz").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        generate_cohort(tmp_path, size="tiny", sites=["brats"], progress=False)
+    assert (tmp_path / "brats" / "patient.nii.gz").exists()

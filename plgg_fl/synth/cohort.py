@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -179,6 +180,24 @@ def _write_site_files(site: str, site_dir: Path, rows: list[dict], seed: int, si
     return write_manifest(man, site_dir / "manifest.yaml")
 
 
+def _prepare_site_dir(site_dir: Path) -> None:
+    """Clear a previous synthetic site (recognised by its cohort.json) so no stale case survives;
+    refuse to write into a non-empty folder that this generator did not make."""
+    if not site_dir.exists():
+        return
+    marker = site_dir / "cohort.json"
+    ours = False
+    if marker.is_file():
+        try:
+            ours = json.loads(marker.read_text()).get("generator") == "plgg_fl.synth"
+        except (OSError, ValueError):
+            ours = False
+    if ours:
+        shutil.rmtree(site_dir)
+    elif any(site_dir.iterdir()):
+        raise FileExistsError(f"{site_dir} exists and was not made by plgg-fl synth; choose another OUT_DIR")
+
+
 def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: float | None = None,
                     sites=None, n_cases: int | None = None, progress: bool = True, workers: int | None = None) -> dict[str, Path]:
     """Generate the synthetic cohort under ``out_dir``; return {site: path of its manifest.yaml}.
@@ -187,7 +206,8 @@ def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: floa
     site at 2 mm). ``spacing_mm`` overrides the base voxel spacing (mm; sites scale it, see
     :mod:`plgg_fl.synth.scanner`); ``n_cases`` the number of cases per site; ``workers`` the number
     of processes (default: up to 4 CPU cores for demo-sized runs, 1 for tiny ones).
-    Same arguments give byte-identical files.
+    Same arguments give byte-identical files. A site folder left by an earlier run is replaced;
+    a non-empty site folder not made by this generator raises :class:`FileExistsError`.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
@@ -208,6 +228,8 @@ def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: floa
             jobs.append((site, i, int(seed), base_mm, split, out_dir / site))
     if workers is None:
         workers = 1 if size == "tiny" and spacing_mm is None else min(4, os.cpu_count() or 1)
+    for site in sites:
+        _prepare_site_dir(out_dir / site)
     _warm(sites, base_mm)
     from tqdm.auto import tqdm
 
