@@ -215,3 +215,10 @@ def test_rerun_replaces_an_old_cohort_but_not_foreign_data(tmp_path):
     with pytest.raises(FileExistsError):
         generate_cohort(tmp_path, size="tiny", sites=["brats"], progress=False)
     assert (tmp_path / "brats" / "patient.nii.gz").exists()
+
+
+def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
+    from plgg_fl.cli import main
+
+    assert main(["synth", str(tmp_path), "--cases-per-site", "0", "--no-progress"]) == 2
+    assert "n_cases" in capsys.readouterr().err

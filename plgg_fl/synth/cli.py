@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -32,9 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from plgg_fl.synth import generate_cohort
 
     t0 = time.perf_counter()
-    manifests = generate_cohort(args.out_dir, seed=args.seed, size=args.size, spacing_mm=args.spacing,
-                                sites=args.sites, n_cases=args.cases_per_site, progress=not args.no_progress,
-                                workers=args.workers)
+    try:
+        manifests = generate_cohort(args.out_dir, seed=args.seed, size=args.size, spacing_mm=args.spacing,
+                                    sites=args.sites, n_cases=args.cases_per_site, progress=not args.no_progress,
+                                    workers=args.workers)
+    except (ValueError, FileExistsError) as exc:
+        print(f"plgg-fl synth: error: {exc}", file=sys.stderr)
+        return 2
     dt = time.perf_counter() - t0
     for site, path in manifests.items():
         print(f"{site}: {path}")
