@@ -19,17 +19,20 @@ def blob_volume(
     seed: int = 0,
     axcodes: tuple[str, str, str] = ("R", "A", "S"),
     tumour_radius_mm: float | None = None,
+    brain_semi_mm: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image float32, tumour uint8, affine) stored in ``axcodes`` order.
 
     ``shape_ras`` / ``spacing_mm`` describe the grid in RAS axis order (voxels, mm); the arrays
     returned are reoriented to ``axcodes`` and the affine maps them to the same world positions.
+    ``brain_semi_mm``: the brain ellipsoid's semi-axes (mm; default 42% of the field of view).
     """
     rng = np.random.default_rng(seed)
     sp = np.asarray(spacing_mm, float)
     ext = np.asarray(shape_ras) * sp
     g = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape_ras, sp)], indexing="ij", sparse=True)
-    centre, semi = ext / 2, ext * 0.42
+    centre = ext / 2
+    semi = np.asarray(brain_semi_mm, float) if brain_semi_mm is not None else ext * 0.42
     brain = sum(((gi - c) / a) ** 2 for gi, c, a in zip(g, centre, semi)) <= 1.0
     r = tumour_radius_mm or float(rng.uniform(0.13, 0.2) * ext.min())
     tc = centre + rng.uniform(-1, 1, 3) * np.maximum(semi - r, 0) * 0.45
@@ -56,8 +59,11 @@ def write_blob_case(out_dir: str | Path, key: str, **kw) -> dict[str, str]:
     return {"image": str(ip), "label": str(lp), "key": key}
 
 
-def train_blob_model(out: str | Path, preset: str = "tiny", steps: int = 40, n_cases: int = 4, seed: int = 0, **cfg_overrides) -> Path:
-    """Train ``preset`` for ``steps`` steps on blob cases; save an engine checkpoint at ``out``."""
+def train_blob_model(
+    out: str | Path, preset: str = "tiny", steps: int = 40, n_cases: int = 4, seed: int = 0, blob_kw: dict | None = None, **cfg_overrides
+) -> Path:
+    """Train ``preset`` for ``steps`` steps on ``n_cases`` blob cases (``blob_kw`` -> :func:`blob_volume`);
+    save an engine checkpoint at ``out``. ``cfg_overrides`` go to ``TrainConfig.for_preset``."""
     from plgg_fl.engine.checkpoint import save_checkpoint
     from plgg_fl.engine.config import TrainConfig
     from plgg_fl.engine.networks import PlggUNet
@@ -65,7 +71,7 @@ def train_blob_model(out: str | Path, preset: str = "tiny", steps: int = 40, n_c
 
     out = Path(out)
     data = out.parent / f"{out.stem}_blobs"
-    cases = [write_blob_case(data, f"blob{i}", seed=seed + i) for i in range(n_cases)]
+    cases = [write_blob_case(data, f"blob{i}", seed=seed + i, **(blob_kw or {})) for i in range(n_cases)]
     kw = dict(augment=False, foreground_ratio=0.5, lr=0.01, optimizer="adamw", max_steps=steps, seed=seed, device="cpu")
     kw.update(cfg_overrides)
     cfg = TrainConfig.for_preset(preset, **kw)

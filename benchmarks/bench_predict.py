@@ -1,0 +1,173 @@
+"""End-to-end inference speed: ``plgg-fl predict``'s path vs the naive MONAI path, same run, same model.
+
+Per 1 mm 240x240x155 T2 volume (skull-stripped, float32 NIfTI): read, preprocess, infer, write the
+mask. Both paths use the same network, window (the preset's patch), overlap (0.5) and Gaussian
+weighting; the naive path is MONAI as documented: load -> orient -> resample -> z-score ->
+``sliding_window_inference`` over the whole volume (fp32, one window per forward) -> invert -> save.
+The predict path adds: the model runs on the brain's bounding box only, bf16 autocast on CPUs with
+native bf16 (``--precision auto``), several windows per forward.
+
+Models: ``small`` (the demo preset) and ``nnunet``, each trained for a few dozen steps on bright-blob
+volumes so the masks are non-trivial (speed does not depend on the weights; the agreement check
+does). Checkpoints are cached in ``--work`` so reruns skip training. Prints seconds per volume, the
+ratio (target >= 4x) and the Dice between the two paths' masks (target >= 0.995) and against the
+blob's true tumour. Timings on a shared machine are noisy: load average is printed.
+
+    python benchmarks/bench_predict.py [--presets small nnunet] [--repeats 1] [--work /tmp/plgg_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+SHAPE, SPACING = (240, 240, 155), (1.0, 1.0, 1.0)
+#: preset -> (training patch, training spacing mm, steps, blob cases) for the brief training
+TRAIN = {"tiny": ((32,) * 3, None, 40, 3), "small": ((32,) * 3, None, 60, 3), "nnunet": ((64,) * 3, (1.0,) * 3, 12, 2)}
+
+
+def make_volume(path: Path, seed: int = 7) -> np.ndarray:
+    """A 1 mm 240x240x155 skull-stripped 'T2' (brain ~136x168x124 mm, ~24 ml tumour). Returns the tumour."""
+    from plgg_fl.predict.toy import blob_volume
+
+    img, seg, aff = blob_volume(SHAPE, SPACING, seed=seed, brain_semi_mm=(68, 84, 62), tumour_radius_mm=18)
+    nib.save(nib.Nifti1Image(img, aff), str(path))
+    return seg
+
+
+def get_model(preset: str, work: Path):
+    """(model, inference TrainConfig with the preset's own window/spacing) - trained briefly, cached."""
+    from plgg_fl.engine.checkpoint import load_checkpoint
+    from plgg_fl.engine.config import PRESET_DEFAULTS
+    from plgg_fl.predict.toy import train_blob_model
+
+    patch, spacing, steps, n = TRAIN[preset]
+    ckpt = work / f"{preset}_blobs.pt"
+    if not ckpt.exists():
+        t0 = time.perf_counter()
+        sp = spacing or PRESET_DEFAULTS[preset]["spacing_mm"]
+        fov = [int(round(2 * p * s)) for p, s in zip(patch, sp)]  # blobs twice the patch's field of view
+        # brain ~60% of the field of view and no crop in training: the model also sees wide background,
+        # as the naive whole-volume path will show it (a model trained on brain crops only has never
+        # seen all-background windows and may call them tumour, which would make the baseline unfair)
+        blob_kw = dict(shape_ras=tuple(fov), spacing_mm=(1.0,) * 3, brain_semi_mm=tuple(0.3 * f for f in fov))
+        train_blob_model(
+            ckpt, preset=preset, steps=steps, n_cases=n, blob_kw=blob_kw, patch_size=patch,
+            batch_size=1 if preset == "nnunet" else 2, crop_to_brain=False, foreground_ratio=0.4,
+        )
+        print(f"  trained {preset} for {steps} steps in {time.perf_counter() - t0:.0f} s -> {ckpt}", flush=True)
+    model, cfg, _ = load_checkpoint(ckpt)
+    d = PRESET_DEFAULTS[preset]
+    return model, cfg.replace(patch_size=tuple(d["patch_size"]), spacing_mm=tuple(d["spacing_mm"]), sw_batch_size=d["sw_batch_size"], cpu_bf16=False, tta=False, keep_largest=False)
+
+
+def naive_monai(model, cfg, src: Path, dst: Path) -> np.ndarray:
+    """The baseline: MONAI's documented path over the whole volume, fp32, one window per forward."""
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Compose, EnsureTyped, Invertd, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd
+
+    chain = Compose(
+        [
+            LoadImaged("image", ensure_channel_first=True, image_only=True),
+            EnsureTyped("image", dtype="float32", track_meta=True),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=cfg.spacing_mm, mode="bilinear"),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        ]
+    )
+    data = chain({"image": str(src)})
+    with torch.inference_mode():
+        logits = sliding_window_inference(data["image"][None].as_tensor(), cfg.patch_size, 1, model, overlap=cfg.sw_overlap, mode="gaussian")
+    data["pred"] = MetaTensor(torch.softmax(logits, 1)[0, 1:2], affine=data["image"].affine)
+    prob = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=False)(data)["pred"]
+    mask = (np.asarray(prob[0]) > 0.5).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, nib.load(str(src)).affine), str(dst))
+    return mask
+
+
+def plgg_predict(model, cfg, src: Path, out: Path, opts) -> np.ndarray:
+    """``plgg-fl predict``'s per-scan path (read, checks, brain box, engine inference, atomic write)."""
+    from plgg_fl.predict.io import ScanInput
+    from plgg_fl.predict.run import segment_scan
+
+    segment_scan(model, cfg, ScanInput("bench", src, "nifti"), out, opts)
+    return np.asarray(nib.load(str(out / "bench_mask.nii.gz")).dataobj)
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def main(argv=None) -> int:
+    from plgg_fl.predict.prep import cpu_has_native_bf16
+    from plgg_fl.predict.run import PredictOptions, inference_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["small", "nnunet"], choices=sorted(TRAIN))
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per path (median reported)")
+    ap.add_argument("--work", default="/tmp/plgg_bench", help="scratch folder (cached checkpoints, outputs)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--sw-batch-size", type=int, default=4)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "t2_240x240x155_1mm.nii.gz"
+    truth = make_volume(src)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
+          f"load average {os.getloadavg()[0]:.1f}; volume {SHAPE} at 1 mm", flush=True)
+    opts = PredictOptions(overwrite=True, progress=False, precision=args.precision, sw_batch_size=args.sw_batch_size)
+    results = {}
+    for preset in args.presets:
+        model, cfg = get_model(preset, work)
+        fast_cfg = inference_config(cfg, opts)
+        out = work / f"out_{preset}"
+        out.mkdir(exist_ok=True)
+        naive_t, fast_t = [], []
+        plgg_predict(model, fast_cfg, src, out, opts)  # warm-up (oneDNN kernels for both precisions)
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            m_naive = naive_monai(model, cfg, src, out / "naive_mask.nii.gz")
+            naive_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            m_fast = plgg_predict(model, fast_cfg, src, out, opts)
+            fast_t.append(time.perf_counter() - t0)
+        r = {
+            "naive_s": float(np.median(naive_t)),
+            "predict_s": float(np.median(fast_t)),
+            "dice_predict_vs_naive": dice(m_fast, m_naive),
+            "dice_naive_vs_truth": dice(m_naive, truth),
+            "dice_predict_vs_truth": dice(m_fast, truth),
+            "window": list(cfg.patch_size),
+            "spacing_mm": list(cfg.spacing_mm),
+            "overlap": cfg.sw_overlap,
+            "predict_settings": {"bf16": fast_cfg.cpu_bf16, "sw_batch_size": fast_cfg.sw_batch_size, "crop_to_brain_box": opts.crop},
+            "load_average_after": os.getloadavg()[0],
+        }
+        r["speedup"] = r["naive_s"] / r["predict_s"]
+        r["dice_delta_vs_truth"] = abs(r["dice_predict_vs_truth"] - r["dice_naive_vs_truth"])
+        results[preset] = r
+        ok = r["speedup"] >= 4 and r["dice_predict_vs_naive"] >= 0.995
+        print(
+            f"{preset:>7}: naive MONAI {r['naive_s']:7.1f} s | plgg-fl predict {r['predict_s']:6.1f} s | "
+            f"{r['speedup']:.2f}x | Dice(predict, naive) {r['dice_predict_vs_naive']:.4f} | "
+            f"Dice vs truth {r['dice_naive_vs_truth']:.4f} -> {r['dice_predict_vs_truth']:.4f} | "
+            f"target {'MET' if ok else 'NOT met'} | load {r['load_average_after']:.1f}",
+            flush=True,
+        )
+    (work / "bench_predict.json").write_text(json.dumps(results, indent=2))
+    print(f"results -> {work / 'bench_predict.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
