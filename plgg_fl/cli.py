@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "plgg_fl.pipeline.cli",
     "plgg_fl.fl.cli",
     "plgg_fl.predict.cli",
+    "plgg_fl.report.cli",
+    "plgg_fl.review.cli",
 )
 
 

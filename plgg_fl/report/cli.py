@@ -1,0 +1,26 @@
+"""``plgg-fl report RUN_DIR``: the study report of a finished run (report.md + self-contained report.html)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="study report of a run: tables, plots, failure gallery, provenance (MD + HTML)")
+    p.add_argument("run_dir", help="a finished run folder, e.g. runs/tiny")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    p.add_argument("--gallery", type=int, default=3, metavar="K",
+                   help="worst cases of the best method to re-predict and draw (site-side step; 0 = none; default 3)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from plgg_fl.report.build import build_report
+    from plgg_fl.report.collect import ReportError
+
+    try:
+        build_report(args.run_dir, args.out, gallery_k=args.gallery)
+    except ReportError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0

@@ -1,0 +1,172 @@
+"""Find and load a run's outputs (``runs/<name>/``, written by :mod:`plgg_fl.pipeline.run`).
+
+What is read, and from where::
+
+    config.yaml                        the resolved config (methods, sites, seeds, train settings)
+    metrics.json                       stages (per-round per-site metrics), evaluation scalars per site/method
+    checkpoints/<method>_<job>.pt      the models (gallery re-prediction)
+    nvflare/evaluate/<job>/<site>/**/plgg_results/<job id>/model_<n>/<split>/per_case.csv
+                                       per-case rows, written AT THE SITE by the evaluation job
+
+Per-case rows never leave a site in a real federation. In the simulator every site's workspace lies
+on one machine, so the report reads them all; at a real site, run the report's per-case parts on that
+site's own ``plgg_results`` and share only aggregates.
+
+The evaluation job numbers the models a site scored (``model_1``, ``model_2``, ...). Which method
+each is, is found by matching the folder's ``summary.json`` scalars against the scalars the site sent
+(``metrics.json`` ``evaluation[site][method]``), which are the same numbers; the order in which the
+pipeline listed its models is the fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plgg_fl.engine.evaluate import read_rows
+from plgg_fl.pipeline.config import METHODS
+
+
+class ReportError(RuntimeError):
+    """A run folder the report cannot use; the message names the missing file."""
+
+
+@dataclass
+class Run:
+    """A run's outputs. ``per_case[(site, method)]`` = rows of ``per_case.csv`` (test split)."""
+
+    root: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    per_case: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    per_case_paths: dict[tuple[str, str], Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.root.name)
+
+    @property
+    def methods(self) -> list[str]:
+        """Evaluated methods, in :data:`plgg_fl.pipeline.config.METHODS` order (adult_only, scratch,
+        transfer, stepwise, local_only[...], pooled), unknown names last."""
+        out: list[str] = []
+        for r in self.metrics.get("summary", []):
+            if r["method"] not in out:
+                out.append(r["method"])
+        for per_site in self.metrics.get("evaluation", {}).values():
+            out += [m for m in per_site if m not in out]
+        known = list(METHODS)
+        return sorted(out, key=lambda m: (known.index(m.split("[")[0]) if m.split("[")[0] in known else len(known), m))
+
+    @property
+    def sites(self) -> list[str]:
+        """Evaluation sites (config order)."""
+        return list((self.config.get("evaluate") or {}).get("sites") or sorted(self.metrics.get("evaluation", {})))
+
+    @property
+    def split(self) -> str:
+        return str((self.config.get("evaluate") or {}).get("splits", "test")).split(",")[0]
+
+    def cohort_dir(self) -> Path | None:
+        """The synthetic cohort's folder: as written in the config (absolute, or relative to the current
+        folder or to the run's grandparent), else None."""
+        d = Path(str((self.config.get("cohort") or {}).get("dir", "")))
+        for cand in (d, Path.cwd() / d, self.root.parent.parent / d, self.root.parent / d):
+            if str(d) and cand.is_dir():
+                return cand.resolve()
+        return None
+
+    def manifest(self, site: str) -> Path | None:
+        c = self.cohort_dir()
+        p = c / site / "manifest.yaml" if c else None
+        return p if p and p.is_file() else None
+
+    def checkpoint(self, method: str) -> Path | None:
+        """The checkpoint the evaluation scored for ``method`` (``metrics.json`` ``models`` if the pipeline
+        records it, else derived from ``stages``: the method's last training job; ``transfer`` is the
+        stepwise stage-2 model, ``adult_only`` the stage-1 model)."""
+        rel = (self.metrics.get("models") or {}).get(method)
+        if rel:
+            return self.root / rel
+        stages = self.metrics.get("stages", [])
+        pick = {"adult_only": ("stage1", "pretrain"), "transfer": ("stepwise", "finetune")}.get(method)
+        cands = [s for s in stages if "checkpoint" in s and (
+            (pick and s["method"] == pick[0] and pick[1] in s["job"]) or (not pick and s["method"] == method))]
+        return self.root / cands[-1]["checkpoint"] if cands else None
+
+    def round_metrics(self) -> list[dict[str, Any]]:
+        """Federated stages: ``[{"method", "job", "rounds": [{"round", "sites": {site: {metric: v}}}]}]``."""
+        out = []
+        for s in self.metrics.get("stages", []):
+            if not s.get("rounds"):
+                continue
+            rounds = []
+            for rec in s["rounds"]:
+                sites = {x["name"]: {m["name"]: m["value"] for m in x.get("metrics", [])} for x in rec.get("sites", [])}
+                rounds.append({"round": int(rec["round"]), "sites": sites})
+            out.append({"method": s["method"], "job": s["job"], "rounds": rounds})
+        return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _match(summary: dict[str, float], candidates: dict[str, dict[str, float]]) -> str | None:
+    """The candidate method whose sent scalars agree with every shared key of ``summary`` (None if not unique)."""
+    hits = []
+    for method, sent in candidates.items():
+        shared = [k for k in summary if k in sent]
+        if shared and all(abs(summary[k] - sent[k]) <= 1e-9 * max(1.0, abs(sent[k])) for k in shared):
+            hits.append(method)
+    return hits[0] if len(hits) == 1 else None
+
+
+def site_results(run_root: Path, site: str, split: str) -> list[Path]:
+    """``model_<n>/<split>`` folders of the newest evaluation job at ``site``, sorted by n."""
+    base = run_root / "nvflare" / "evaluate"
+    found = sorted(base.glob(f"*/{site}/**/plgg_results/*/model_*/{split}/per_case.csv")) if base.is_dir() else []
+    if not found:
+        return []
+    newest = max(found, key=lambda p: p.stat().st_mtime).parent.parent.parent  # plgg_results/<job id>
+    dirs = [p.parent for p in found if p.parent.parent.parent == newest]
+    return sorted(dirs, key=lambda p: int(p.parent.name.split("_")[-1]))
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run folder. Raises :class:`ReportError` when config.yaml or metrics.json is missing."""
+    root = Path(run_dir).resolve()
+    for f in ("config.yaml", "metrics.json"):
+        if not (root / f).is_file():
+            raise ReportError(f"{root / f}: not found (is {root} a finished `plgg-fl simulate` run?)")
+    run = Run(root=root, config=yaml.safe_load((root / "config.yaml").read_text()) or {},
+              metrics=json.loads((root / "metrics.json").read_text()))
+    evaluation = run.metrics.get("evaluation", {})
+    for site in run.sites:
+        dirs = site_results(root, site, run.split)
+        if not dirs:
+            run.notes.append(f"{site}: no per-case results found under nvflare/evaluate/*/{site}/")
+            continue
+        sent = {m: v for m, v in evaluation.get(site, {}).items()}
+        order = [m for m in run.methods if m in sent] or run.methods
+        for i, d in enumerate(dirs):
+            summ = d / "summary.json"
+            method = _match(_flatten(json.loads(summ.read_text()), f"{run.split}/"), sent) if summ.is_file() else None
+            if method is None:
+                method = order[i] if i < len(order) else f"model_{i + 1}"
+                run.notes.append(f"{site}: {d.parent.name} taken as {method!r} by order (scalars did not identify it)")
+            run.per_case[(site, method)] = read_rows(d / "per_case.csv")
+            run.per_case_paths[(site, method)] = d / "per_case.csv"
+    return run

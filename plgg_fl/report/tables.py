@@ -1,0 +1,171 @@
+"""The study table and the multi-rater table, from per-case rows (``per_case.csv``).
+
+Per case, a method's value for a metric is its ``model_vs_<rater>`` value when the case has one
+reference, and the mean over the references when it has several (external set: mean over the three
+experts, NaN values left out). Statistics: :func:`plgg_fl.engine.metrics.describe` (median, q1, q3 by
+linear interpolation; mean; sd with ddof 1; over defined values) and
+:func:`plgg_fl.engine.metrics.paired_wilcoxon` (two-sided Wilcoxon signed-rank test, pairs = case keys
+within one site). Units: Dice and surface Dice unitless (0-1), HD95 mm, volume difference ml
+(prediction - reference, signed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from itertools import combinations
+from typing import Any, Iterable
+
+import numpy as np
+
+from plgg_fl.engine.metrics import describe, paired_wilcoxon
+
+#: (metric column in per_case.csv, label, digits)
+STUDY_METRICS = (("dice", "Dice", 3), ("hd95_mm", "HD95 (mm)", 1), ("surface_dice", "Surface Dice (2 mm)", 3),
+                 ("vol_diff_ml", "Volume diff. (ml)", 1))
+REFERENCE_METHOD = "scratch"
+
+
+def raters(rows: Iterable[dict]) -> list[str]:
+    """Reference names in the rows (the ``b`` of ``model_vs_*`` comparisons), in first-seen order."""
+    return list(dict.fromkeys(r["b"] for r in rows if r["a"] == "model"))
+
+
+def model_values(rows: Iterable[dict], metric: str) -> dict[str, float]:
+    """``{case key: value}`` of the model against the reference(s): mean over references per case."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["a"] == "model":
+            per[r["key"]].append(float(r[metric]))
+    return {k: (float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan) for k, v in per.items()}
+
+
+def comparison_values(rows: Iterable[dict], comparison: str, metric: str) -> dict[str, float]:
+    """``{case key: value}`` of one comparison (e.g. ``model_vs_expert1``, ``expert1_vs_expert2``)."""
+    return {r["key"]: float(r[metric]) for r in rows if r["comparison"] == comparison}
+
+
+def inter_rater_values(rows: Iterable[dict], metric: str) -> dict[str, float]:
+    """``{case key: mean over rater pairs}`` (cases with at least two references)."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["a"] != "model":
+            per[r["key"]].append(float(r[metric]))
+    return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in per.items()}
+
+
+def reference_label(rows: list[dict]) -> str:
+    rs = raters(rows)
+    return rs[0] if len(rs) == 1 else f"mean of {len(rs)} references ({', '.join(rs)})"
+
+
+def study_table(per_case: dict[tuple[str, str], list[dict]], sites: list[str], methods: list[str]) -> list[dict[str, Any]]:
+    """One row per (site, method): ``{site, method, reference, n, <metric>: describe(...), p_vs_scratch,
+    median_diff_vs_scratch, n_pairs}``. ``p_vs_scratch`` is NaN for scratch itself or when scratch was not run."""
+    out = []
+    for site in sites:
+        ref_rows = per_case.get((site, REFERENCE_METHOD))
+        ref_dice = model_values(ref_rows, "dice") if ref_rows else None
+        for method in methods:
+            rows = per_case.get((site, method))
+            if not rows:
+                continue
+            row: dict[str, Any] = {"site": site, "method": method, "reference": reference_label(rows)}
+            for metric, _, _ in STUDY_METRICS:
+                row[metric] = describe(model_values(rows, metric).values())
+            row["n"] = len(model_values(rows, "dice"))
+            if ref_dice is not None and method != REFERENCE_METHOD:
+                w = paired_wilcoxon(model_values(rows, "dice"), ref_dice)
+                row.update(p_vs_scratch=w["p_value"], median_diff_vs_scratch=w["median_difference"], n_pairs=w["n"])
+            else:
+                row.update(p_vs_scratch=math.nan, median_diff_vs_scratch=math.nan, n_pairs=0)
+            out.append(row)
+    return out
+
+
+def multirater_table(rows_by_method: dict[str, list[dict]], metric: str = "dice") -> list[dict[str, Any]]:
+    """Rows for one multi-reference test set: each expert pair, the inter-expert mean, and per method
+    the model vs each expert and vs the experts' mean, the latter with a paired Wilcoxon test against
+    inter-expert agreement (per case: mean model-vs-expert ``metric`` vs mean expert-pair ``metric``).
+
+    Row: ``{group, comparison, method, stats (describe of metric), surface_dice, hd95_mm, p_vs_inter,
+    median_diff_vs_inter, n_pairs}``.
+    """
+    if not rows_by_method:
+        return []
+    any_rows = next(iter(rows_by_method.values()))
+    rs = raters(any_rows)
+    out: list[dict[str, Any]] = []
+
+    def row(group, comparison, method, vals_fn) -> dict[str, Any]:
+        return {"group": group, "comparison": comparison, "method": method,
+                "stats": describe(vals_fn(metric).values()), "surface_dice": describe(vals_fn("surface_dice").values()),
+                "hd95_mm": describe(vals_fn("hd95_mm").values()), "p_vs_inter": math.nan,
+                "median_diff_vs_inter": math.nan, "n_pairs": 0}
+
+    for a, b in combinations(rs, 2):
+        out.append(row("inter-expert", f"{a} vs {b}", "", lambda m, a=a, b=b: comparison_values(any_rows, f"{a}_vs_{b}", m)))
+    out.append(row("inter-expert", "mean of expert pairs", "", lambda m: inter_rater_values(any_rows, m)))
+    inter = inter_rater_values(any_rows, metric)
+    for method, rows in rows_by_method.items():
+        for r in rs:
+            out.append(row(method, f"model vs {r}", method, lambda m, r=r, rows=rows: comparison_values(rows, f"model_vs_{r}", m)))
+        mean_row = row(method, "model vs experts (mean)", method, lambda m, rows=rows: model_values(rows, m))
+        w = paired_wilcoxon(model_values(rows, metric), inter)
+        mean_row.update(p_vs_inter=w["p_value"], median_diff_vs_inter=w["median_difference"], n_pairs=w["n"])
+        out.append(mean_row)
+    return out
+
+
+def multirater_sites(per_case: dict[tuple[str, str], list[dict]], sites: list[str]) -> list[str]:
+    """Test sets whose cases carry at least two references."""
+    return [s for s in sites if any(len(raters(rows)) > 1 for (site, _), rows in per_case.items() if site == s)]
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_median_iqr(d: dict, digits: int = 3) -> str:
+    return f"{fmt(d['median'], digits)} [{fmt(d['q1'], digits)}-{fmt(d['q3'], digits)}]"
+
+
+def fmt_mean_sd(d: dict, digits: int = 3) -> str:
+    return f"{fmt(d['mean'], digits)} ± {fmt(d['sd'], digits)}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def study_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells of the study table (for Markdown / HTML)."""
+    head = ["Test set", "Method", "n"]
+    for _, label, _ in STUDY_METRICS:
+        head += [f"{label} median [IQR]", f"{label} mean ± sd"]
+    head += ["Dice p vs scratch"]
+    body = []
+    for r in rows:
+        cells = [r["site"], r["method"], str(r["n"])]
+        for metric, _, digits in STUDY_METRICS:
+            d = r[metric]
+            extra = f" ({d['n_undefined']} undef.)" if d["n_undefined"] else ""
+            cells += [fmt_median_iqr(d, digits) + extra, fmt_mean_sd(d, digits)]
+        cells.append("—" if r["method"] == REFERENCE_METHOD else fmt_p(r["p_vs_scratch"]))
+        body.append(cells)
+    return head, body
+
+
+def multirater_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["Comparison", "n", "Dice median [IQR]", "Dice mean ± sd", "Surface Dice median [IQR]",
+            "HD95 (mm) median [IQR]", "Δ Dice vs inter-expert (median)", "p vs inter-expert"]
+    body = []
+    for r in rows:
+        label = f"{r['method']}: {r['comparison']}" if r["method"] else r["comparison"]
+        body.append([label, str(r["stats"]["n"]), fmt_median_iqr(r["stats"]), fmt_mean_sd(r["stats"]),
+                     fmt_median_iqr(r["surface_dice"]), fmt_median_iqr(r["hd95_mm"], 1),
+                     fmt(r["median_diff_vs_inter"]) if r["n_pairs"] else "",
+                     fmt_p(r["p_vs_inter"]) if r["n_pairs"] else ""])
+    return head, body
