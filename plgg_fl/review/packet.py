@@ -2,7 +2,7 @@
 
 For N test cases, every mask of the case - the model's and each expert's - is drawn the same way (one
 colour, contour + translucent fill, axial/coronal/sagittal through the centre of the UNION of that
-case's masks, so the slice position does not depend on whose mask is shown). All items of all cases
+case's expert masks, so the slice position does not depend on whose mask is shown). All items of all cases
 are shuffled together (seeded) and named ``R001``, ``R002``, ... in that order; a case gets a neutral
 number ``C01``.... Nothing in the packet (file names, titles, sheet, PNG metadata) names the source.
 
@@ -72,7 +72,8 @@ def make_packet(cases: list, predict_mask: Callable[[object], np.ndarray], out_d
     for i, (case, src, kind, vol) in enumerate(items, start=1):
         item = f"R{i:03d}"
         if case.key not in centres:
-            union = np.any(np.stack(list(vol.masks.values())), axis=0)
+            refs = [m for name, m in vol.masks.items() if name != AI_SOURCE]  # same point for every item of the case
+            union = np.any(np.stack(refs), axis=0) if refs and np.any(refs) else vol.masks[AI_SOURCE]
             centres[case.key] = tuple(int(round(c)) for c in np.argwhere(union).mean(axis=0)) if union.any() \
                 else tuple(s // 2 for s in vol.image.shape)
         shown = Volume(vol.image, {"mask": vol.masks[src]}, vol.spacing)
