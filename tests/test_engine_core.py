@@ -141,7 +141,7 @@ def test_trainer_state_survives_rounds_with_new_global_weights(trained):
 def test_checkpoint_round_trip_gives_identical_predictions(trained, toy_cases, tmp_path):
     trainer, _, cfg = trained
     path = save_checkpoint(tmp_path / "m.pt", trainer.model, cfg, step=trainer.step, meta={"stage": "test"})
-    model, cfg2, meta = load_checkpoint(path)
+    model, cfg2, meta = load_checkpoint(path, device=next(trainer.model.parameters()).device)
     assert cfg2 == cfg and meta["step"] == trainer.step and meta["stage"] == "test"
     assert meta["preprocessing"]["spacing_mm"] == list(cfg.spacing_mm)
     a = predict(trainer.model, toy_cases[0]["image"], cfg, return_prob=True)
