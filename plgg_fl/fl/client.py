@@ -87,8 +87,9 @@ def main(argv=None) -> None:
         if flare.is_train():
             metrics = {}
             val_cases = usable_cases(manifest, args.val_split)
-            if val_cases:
-                metrics["val_dice"] = float(validate(model, val_cases, cfg)["val_dice"])
+            val_dice = float(validate(model, val_cases, cfg)["val_dice"]) if val_cases else math.nan
+            if math.isfinite(val_dice):  # the mean only; per-case values stay here
+                metrics["val_dice"] = val_dice
             if trainer is None:
                 trainer = ProxTrainer(
                     model, cfg, usable_cases(manifest, "train"), freeze_encoder=args.stage == "decoder", progress=False
@@ -119,7 +120,7 @@ def main(argv=None) -> None:
                 out_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}" / split
                 from plgg_fl.engine import evaluate_cases
 
-                _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir)
+                _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir, progress=False)
                 metrics.update(scalar_metrics(summary, prefix=f"{split}/"))
             print(f"[{site}] evaluation: {len(metrics)} scalar metrics; per-case rows kept at the site")
             flare.send(FLModel(metrics=metrics))

@@ -16,6 +16,8 @@ import torch
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
+from nvflare.app_opt.pt.decomposers import TensorDecomposer
+from nvflare.fuel.utils import fobs
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -36,6 +38,10 @@ class CheckpointLocator(ModelLocator):
     def __init__(self, models: dict[str, str] | None = None):
         super().__init__()
         self.models = dict(models or {})
+        # torch tensors may only cross the wire once their decomposer is registered (NVFlare's PT
+        # persistor does this for training jobs; an evaluation job without one must do it itself,
+        # otherwise the server cannot serialise the task and clients retry forever)
+        fobs.register(TensorDecomposer)
 
     def get_model_names(self, fl_ctx: FLContext) -> list[str]:
         missing = {n: p for n, p in self.models.items() if not os.path.isfile(p)}
@@ -45,4 +51,4 @@ class CheckpointLocator(ModelLocator):
 
     def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
         state = read_state_dict(self.models[model_name])
-        return DXO(data_kind=DataKind.WEIGHTS, data={k: v.cpu() for k, v in state.items()})
+        return DXO(data_kind=DataKind.WEIGHTS, data={k: v.cpu().numpy() for k, v in state.items()})

@@ -12,6 +12,7 @@ Example (``simulator_configs/tiny.yaml``)::
       decoder:  {sites: [cbtn, dfci_bch], num_rounds: 1, local_steps: 2}
     evaluate: {sites: [cbtn, dfci_bch], splits: test}
     handoff: last                    # which global model a stage hands on: last | best (by val Dice)
+    job_timeout_s: 600               # a simulator job running longer is stopped and reported
     methods: [stepwise, adult_only]  # see METHODS
 
 A stage entry takes the :class:`plgg_fl.fl.recipes.StageOptions` fields (``num_rounds``,
@@ -40,7 +41,7 @@ METHODS = {
     "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
 }
 STAGES = ("pretrain", "finetune", "decoder")
-_TOP = {"name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
+_TOP = {"job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class PipelineConfig:
     eval_splits: str = "test"
     handoff: str = "last"
     methods: list[str] = field(default_factory=lambda: ["stepwise"])
+    job_timeout_s: float = 1800.0  # a simulator job running longer is stopped and reported
     source: str = ""
 
     @property
@@ -136,6 +138,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         eval_splits=str(ev.get("splits", "test")),
         handoff=handoff,
         methods=methods,
+        job_timeout_s=float(data.get("job_timeout_s", 1800.0)),
         source=origin,
     )
 

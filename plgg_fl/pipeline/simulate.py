@@ -123,6 +123,42 @@ class _LogFollower(threading.Thread):
         self.poll()
 
 
+def _kill_simulator_processes() -> int:
+    """Terminate this process's NVFlare simulator children (by pid). Returns how many were signalled."""
+    import psutil
+
+    me = psutil.Process()
+    victims = [p for p in me.children(recursive=True) if "nvflare" in " ".join(p.cmdline())]
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(victims)
+
+
+def _run_with_timeout(recipe, env, timeout_s: float) -> None:
+    """``recipe.run(env)`` in a thread; past ``timeout_s`` the simulator processes are killed (an
+    NVFlare job can wait forever, e.g. on a task the server cannot serialise)."""
+    box: dict = {}
+
+    def target():
+        try:
+            recipe.run(env)
+        except BaseException as exc:  # re-raised in the caller
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        _kill_simulator_processes()
+        t.join(30)
+        raise TimeoutError(f"no result after {timeout_s:.0f} s; simulator stopped")
+    if "exc" in box:
+        raise box["exc"]
+
+
 def run_in_simulator(
     recipe,
     sites: list[str],
@@ -130,9 +166,11 @@ def run_in_simulator(
     manifests: dict[str, Path],
     record_dir: Path | None = None,
     printer=print,
+    timeout_s: float = 1800.0,
 ) -> JobResult:
     """Run ``recipe`` with one simulated client per site; the sites find their data through
-    ``PLGG_FL_MANIFEST_<SITE>`` (set here, as a site operator would). Returns the outputs found."""
+    ``PLGG_FL_MANIFEST_<SITE>`` (set here, as a site operator would). Returns the outputs found.
+    Raises :class:`StageFailed` when the simulator fails or runs past ``timeout_s`` seconds."""
     workspace_root = Path(workspace_root).resolve()
     job_ws = workspace_root / recipe.name
     if job_ws.exists():
@@ -147,10 +185,13 @@ def run_in_simulator(
     follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
     follower.start()
     t0 = time.perf_counter()
+    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config="concise")
     try:
-        recipe.run(SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config="concise"))
-    except RuntimeError as exc:  # non-zero simulator rc
-        raise StageFailed(f"{recipe.name}: simulator failed: {exc}") from exc
+        _run_with_timeout(recipe, env, timeout_s)
+    except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
+        logs = {s: error_lines(job_ws / s / "log.txt", 5) for s in [*sites, "server"]}
+        detail = "".join(f"\n  {s}:\n    " + "\n    ".join(v) for s, v in logs.items() if v)
+        raise StageFailed(f"{recipe.name}: simulator failed: {exc}{detail}") from exc
     finally:
         follower.stop.set()
         follower.join()
@@ -162,5 +203,7 @@ def run_in_simulator(
         result.round_metrics = [json.loads(x) for x in rm.read_text().splitlines() if x.strip()]
     cv = job_ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
     if cv.is_file():
-        result.eval_results = json.loads(cv.read_text())
+        # NVFlare's cross-site evaluation names server-side models "SRV_<name>"
+        raw = json.loads(cv.read_text())
+        result.eval_results = {site: {m.removeprefix("SRV_"): v for m, v in per.items()} for site, per in raw.items()}
     return result

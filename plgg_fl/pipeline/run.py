@@ -1,0 +1,167 @@
+"""Stage 1 -> 2 -> 3 -> evaluation in the NVFlare simulator, plus the baselines, into ``runs/<name>/``.
+
+Outputs::
+
+    runs/<name>/config.yaml                    the resolved config
+    runs/<name>/checkpoints/<method>_<job>.pt  global models handed from stage to stage (NVFlare format:
+                                               {"model": state_dict, ...}); local/pooled: engine format
+    runs/<name>/logs/<method>/<job>/<site>.log every site's (and the server's) simulator log
+    runs/<name>/sends/<job>/<site>.jsonl       what each site sent (with record_sends)
+    runs/<name>/metrics.json, metrics.csv      per-round training metrics and evaluation results
+    runs/<name>/summary.txt                    the table printed at the end
+    runs/<name>/nvflare/...                    the simulator workspaces
+
+Handing on: a stage starts from the previous stage's *last* global model (``handoff: last``) or its
+best by validation Dice (``handoff: best``; falls back to last when no round was selected). The
+evaluation job scores every method's final model at every evaluation site in one NVFlare job.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+from plgg_fl.fl import recipes
+from plgg_fl.pipeline.config import PipelineConfig, dump_config
+from plgg_fl.pipeline.report import summary_rows, summary_table
+from plgg_fl.pipeline.simulate import StageFailed, check_evaluation, check_training, run_in_simulator
+
+_BUILDERS = {"pretrain": recipes.pretrain_recipe, "finetune": recipes.finetune_recipe, "decoder": recipes.decoder_recipe}
+
+
+def ensure_cohort(cfg: PipelineConfig, printer=print) -> dict[str, Path]:
+    """Manifests of every site the config uses; synthesizes the cohort when any is missing."""
+    manifests = {s: cfg.cohort_dir / s / "manifest.yaml" for s in cfg.sites}
+    if not all(p.is_file() for p in manifests.values()):
+        from plgg_fl.synth import generate_cohort
+
+        printer(f"synthesizing the {cfg.cohort_size} cohort into {cfg.cohort_dir} (seed {cfg.cohort_seed}) ...")
+        generate_cohort(cfg.cohort_dir, seed=cfg.cohort_seed, size=cfg.cohort_size, progress=True)
+    missing = [str(p) for p in manifests.values() if not p.is_file()]
+    if missing:
+        raise StageFailed(f"cohort: manifest(s) missing after synthesis: {missing}")
+    return {s: p.resolve() for s, p in manifests.items()}
+
+
+class Pipeline:
+    """One run of a config. ``run()`` returns the metrics dict also written to ``metrics.json``."""
+
+    def __init__(self, cfg: PipelineConfig, out_root: str | Path = "runs", record_sends: bool = False, printer=print):
+        self.cfg, self.printer = cfg, printer
+        self.out = (Path(out_root) / cfg.name).resolve()
+        self.record_dir = self.out / "sends" if record_sends else None
+        self.stages: list[dict] = []
+        self.models: dict[str, Path] = {}
+        self.t0 = time.perf_counter()
+
+    def _log(self, msg: str) -> None:
+        self.printer(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}")
+
+    def train_stage(self, method: str, stage: str, init: Path | None) -> Path:
+        spec = self.cfg.stages[stage]
+        recipe = _BUILDERS[stage](spec.options, sites=spec.sites, initial_ckpt=str(init) if init else None)
+        o = spec.options
+        self._log(
+            f"{method}: {recipe.name} at {', '.join(spec.sites)} - {o.num_rounds} round(s) x {o.local_steps} steps"
+            f"{' from ' + init.name if init else ' from random init'}"
+        )
+        res = run_in_simulator(recipe, spec.sites, self.out / "nvflare" / method, self.manifests, self.record_dir, self._progress,
+                               self.cfg.job_timeout_s)
+        self._keep_logs(method, res)
+        check_training(res, o.num_rounds)
+        src = res.best_model if self.cfg.handoff == "best" and res.best_model.is_file() else res.last_model
+        dest = self.out / "checkpoints" / f"{method}_{recipe.name}.pt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        if res.best_model.is_file():
+            shutil.copy2(res.best_model, dest.with_name(dest.stem + "_best.pt"))
+        self.stages.append(
+            {"method": method, "job": recipe.name, "sites": spec.sites, "wall_s": round(res.wall_s, 2),
+             "handed_on": src.name, "checkpoint": str(dest.relative_to(self.out)), "rounds": res.round_metrics}
+        )
+        self._log(f"{method}: {recipe.name} done in {res.wall_s:.1f}s -> {dest.relative_to(self.out)}")
+        return dest
+
+    def _progress(self, line: str) -> None:
+        self.printer(line)
+
+    def _keep_logs(self, method: str, res) -> None:
+        dest = self.out / "logs" / method / res.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for site in [*res.sites, "server"]:
+            log = res.workspace / site / "log.txt"
+            if log.is_file():
+                shutil.copy2(log, dest / f"{site}.log")
+
+    def train_local(self, label: str, sites: list[str]) -> Path:
+        """Stage 2 + 3 budgets run in-process through the engine on ``sites``' pooled training cases."""
+        from plgg_fl.pipeline.local import train_local
+
+        self._log(f"{label}: in-process stage-2+3 budget on {', '.join(sites)}'s training cases")
+        t = time.perf_counter()
+        path = train_local(self.cfg, self.models["adult_only_init"], {s: self.manifests[s] for s in sites},
+                           self.out / "checkpoints" / f"{label}.pt")
+        self.stages.append({"method": label, "job": "in_process", "sites": sites, "wall_s": round(time.perf_counter() - t, 2),
+                            "checkpoint": str(path.relative_to(self.out))})
+        return path
+
+    def evaluate(self) -> dict:
+        finals = {m: p for m, p in self.models.items() if m != "adult_only_init"}
+        recipe = recipes.evaluate_recipe(
+            self.cfg.preset, sites=self.cfg.eval_sites, models={m: str(p) for m, p in finals.items()},
+            train=self.cfg.stages["finetune"].options.train, eval_splits=self.cfg.eval_splits,
+        )
+        self._log(f"evaluation: {len(finals)} model(s) at {', '.join(self.cfg.eval_sites)} on '{self.cfg.eval_splits}'")
+        res = run_in_simulator(recipe, self.cfg.eval_sites, self.out / "nvflare" / "evaluate", self.manifests,
+                               self.record_dir, self._progress, self.cfg.job_timeout_s)
+        self._keep_logs("evaluate", res)
+        check_evaluation(res, list(finals))
+        self.stages.append({"method": "evaluate", "job": recipe.name, "sites": self.cfg.eval_sites, "wall_s": round(res.wall_s, 2)})
+        return res.eval_results
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "sends", "checkpoints"):
+            shutil.rmtree(self.out / sub, ignore_errors=True)
+        (self.out / "config.yaml").write_text(dump_config(cfg))
+        self.manifests = ensure_cohort(cfg, self.printer)
+        methods = cfg.methods
+        if set(methods) & {"adult_only", "transfer", "stepwise", "local_only", "pooled"}:
+            s1 = self.train_stage("stage1", "pretrain", None)
+            self.models["adult_only_init"] = s1
+            if "adult_only" in methods:
+                self.models["adult_only"] = s1
+        if {"transfer", "stepwise"} & set(methods):
+            s2 = self.train_stage("stepwise", "finetune", self.models["adult_only_init"])
+            if "transfer" in methods:
+                self.models["transfer"] = s2
+            if "stepwise" in methods:
+                self.models["stepwise"] = self.train_stage("stepwise", "decoder", s2)
+        if "scratch" in methods:
+            self.models["scratch"] = self.train_stage("scratch", "decoder", self.train_stage("scratch", "finetune", None))
+        if "local_only" in methods:
+            for site in cfg.stages["finetune"].sites:
+                self.models[f"local_only[{site}]"] = self.train_local(f"local_only[{site}]", [site])
+        if "pooled" in methods:
+            self.models["pooled"] = self.train_local("pooled", cfg.stages["finetune"].sites)
+        evaluation = self.evaluate()
+        rows = summary_rows(evaluation, list(m for m in self.models if m != "adult_only_init"))
+        table = summary_table(rows, cfg.eval_sites)
+        metrics = {"name": cfg.name, "wall_s": round(time.perf_counter() - self.t0, 2), "stages": self.stages,
+                   "evaluation": evaluation, "summary": rows}
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        with (self.out / "metrics.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["site", "method", "metric", "value"])
+            for site, per_model in evaluation.items():
+                for method, values in per_model.items():
+                    for k, v in sorted(values.items()):
+                        w.writerow([site, method, k, v])
+        (self.out / "summary.txt").write_text(table + "\n")
+        self._log(f"done: {self.out}")
+        self.printer(table)
+        return metrics
