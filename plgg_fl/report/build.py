@@ -32,8 +32,10 @@ PAPER = {
 SITE_ROLE = {"cbtn": "internal hold-out", "dfci_bch": "external"}
 
 
-def _role(site: str, multi: list[str]) -> str:
-    return SITE_ROLE.get(site) or ("external (multi-expert)" if site in multi else "test set")
+def _role(site: str, multi: list[str], config: dict) -> str:
+    role = SITE_ROLE.get(site) or ("external (multi-expert)" if site in multi else "test set")
+    trained = {s for st in (config.get("stages") or {}).values() for s in (st or {}).get("sites", [])}
+    return role + (" - also a training site in this run" if role.startswith("external") and site in trained else "")
 
 
 def _clean(x: Any) -> Any:
@@ -112,11 +114,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
                                  "on REAL, DIFFERENT data (nnU-Net, 1 mm T2) — a reference point, not a comparison of like with like."),
                         ("cards", _cards(run, study, multi))]
     h, b = tables.study_cells(study)
-    roles = ", ".join(f"{s} = {_role(s, multi_sites)}" for s in sites)
+    roles = "; ".join(f"{s} = {_role(s, multi_sites, run.config)}" for s in sites)
     doc += [("h2", "Study table"),
             ("table", h, b, f"Per test set ({roles}) and method: per-case metrics vs the reference (cases with several experts: "
                             "mean over experts). Volume diff. = predicted - reference (ml). HD95 undefined when one mask is empty. "
-                            "p: two-sided paired Wilcoxon signed-rank test of per-case Dice against scratch, pairs = case keys within the test set.")]
+                            "p: two-sided paired Wilcoxon signed-rank test of per-case Dice against scratch, pairs = case keys within the test set "
+                            "(n/a: scratch not run, or no non-zero paired difference).")]
     for site, rows in multi.items():
         h, b = tables.multirater_cells(rows)
         doc += [("h2", f"Multi-rater table · {site}"),
@@ -132,7 +135,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
                         "checkpoint (the evaluation keeps no masks); green = reference, red = prediction; slices through the reference's centre of mass."))
     for it in items:
         if it.image:
-            doc.append(("img", it.image, f"{it.site} {it.key}: Dice {it.dice_csv:.3f} in evaluation, {it.dice_now:.3f} re-predicted. {it.note}"))
+            doc.append(("img", it.image, f"{it.site} {it.key}: Dice {it.dice_csv:.3f} in evaluation, {it.dice_now:.3f} re-predicted. {it.note}".strip()))
         else:
             doc.append(("note", f"{it.site} {it.key}: not rendered - {it.note}"))
     vers = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())

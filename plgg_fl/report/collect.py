@@ -160,7 +160,8 @@ def load_run(run_dir: str | Path) -> Run:
             run.notes.append(f"{site}: no per-case results found under nvflare/evaluate/*/{site}/")
             continue
         sent = {m: v for m, v in evaluation.get(site, {}).items()}
-        order = [m for m in run.methods if m in sent] or run.methods
+        pipeline_order = list(dict.fromkeys(r["method"] for r in run.metrics.get("summary", []))) or list(sent)
+        order = [m for m in pipeline_order if m in sent] or pipeline_order
         for i, d in enumerate(dirs):
             summ = d / "summary.json"
             method = _match(_flatten(json.loads(summ.read_text()), f"{run.split}/"), sent) if summ.is_file() else None
