@@ -47,7 +47,7 @@ def dry_run(cfg) -> int:
         builder = {"pretrain": recipes.pretrain_recipe, "finetune": recipes.finetune_recipe, "decoder": recipes.decoder_recipe}[name]
         recipe = builder(o, sites=spec.sites, initial_ckpt=None)
         print(f"{name:9s} -> job {recipe.name}: sites {spec.sites}, {o.num_rounds} rounds x {o.local_steps} steps "
-              f"= {spec.total_steps} steps/site; client args: {recipes.client_args('full', o)}")
+              f"= {spec.total_steps} steps/site; client args: {recipes.client_args('decoder' if name == 'decoder' else 'full', o)}")
     recipes.evaluate_recipe(cfg.preset, sites=cfg.eval_sites, train=cfg.stages["finetune"].options.train)
     print(f"evaluate  -> job plgg_evaluate: sites {cfg.eval_sites}, splits {cfg.eval_splits}")
     for m in cfg.methods:

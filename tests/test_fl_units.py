@@ -1,0 +1,87 @@
+"""Fast checks of the FL layer: site lookup, job arguments, result scrubbing, committed jobs/."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from plgg_fl.fl import recipes
+from plgg_fl.fl.cli import diff_trees, export_jobs
+from plgg_fl.fl.client import scalar_metrics
+from plgg_fl.fl.site import SiteConfigError, manifest_env_var, resolve_site_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_site_config_lookup_order(tmp_path, monkeypatch):
+    for var in ("PLGG_FL_MANIFEST_DFCI_BCH", "PLGG_FL_SITE_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SiteConfigError) as err:
+        resolve_site_config("dfci_bch", workspace=tmp_path)
+    assert "PLGG_FL_MANIFEST_DFCI_BCH" in str(err.value) and "site_config.yaml" in str(err.value)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "site_config.yaml").write_text("manifest: data/manifest.yaml\ndevice: cpu\n")
+    sc = resolve_site_config("dfci_bch", workspace=tmp_path)
+    assert sc.manifest == (tmp_path / "local" / "data" / "manifest.yaml").resolve() and sc.device == "cpu"
+    other = tmp_path / "other.yaml"
+    other.write_text("manifest: /srv/m.yaml\n")
+    monkeypatch.setenv("PLGG_FL_SITE_CONFIG", str(other))
+    assert resolve_site_config("dfci_bch", workspace=tmp_path).manifest == Path("/srv/m.yaml")
+    monkeypatch.setenv(manifest_env_var("dfci_bch"), "/x/manifest.yaml")
+    assert resolve_site_config("dfci_bch", workspace=tmp_path).manifest == Path("/x/manifest.yaml")
+    other.write_text("manifest: a.yaml\nsecret: 1\n")
+    monkeypatch.delenv(manifest_env_var("dfci_bch"))
+    with pytest.raises(SiteConfigError, match="unknown field"):
+        resolve_site_config("dfci_bch")
+
+
+def test_site_templates_parse():
+    for site in ("brats", "cbtn", "dfci_bch"):
+        sc = resolve_site_config(site, workspace=REPO / "sites" / site)
+        assert sc.manifest.name == "manifest.yaml"
+
+
+def test_scalar_metrics_keep_finite_numbers_only():
+    summary = {"groups": {"model_vs_ref": {"dice": {"median": 0.5, "n": 3, "sd": float("nan")}}},
+               "empty_mask_policy": "text", "flag": True, "per_case": [1, 2]}
+    assert scalar_metrics(summary, prefix="test/") == {
+        "test/groups/model_vs_ref/dice/median": 0.5, "test/groups/model_vs_ref/dice/n": 3.0}
+
+
+def test_client_args_are_plain_values():
+    opts = recipes.StageOptions(preset="tiny", local_steps=3, train={"patch_size": [32, 32, 32], "lr": 0.01})
+    args = recipes.client_args("decoder", opts)
+    assert args == ("--stage decoder --local-steps 3 --send full --set lr=0.01 "
+                    "--set patch_size=[32,32,32] --set preset=tiny")
+    with pytest.raises(ValueError, match="no spaces"):
+        recipes.client_args("full", recipes.StageOptions(train={"optimizer": "sgd nesterov"}))
+
+
+def test_recipes_refuse_relative_server_paths():
+    with pytest.raises(ValueError, match="absolute"):
+        recipes.finetune_recipe(recipes.StageOptions(preset="tiny"), initial_ckpt="model.pt")
+    with pytest.raises(ValueError, match="absolute"):
+        recipes.evaluate_recipe("tiny", models={"m": "model.pt"})
+
+
+def test_committed_jobs_match_a_fresh_export(tmp_path):
+    export_jobs(tmp_path, REPO / "simulator_configs" / "paper.yaml")
+    for name in recipes.JOB_NAMES:
+        assert (REPO / "jobs" / name / "meta.json").is_file(), f"jobs/{name} missing: run `plgg-fl jobs export`"
+        drift = diff_trees(tmp_path / name, REPO / "jobs" / name)
+        assert not drift, f"jobs/{name} drifted from a fresh export ({drift[:5]}): run `plgg-fl jobs export`"
+
+
+def test_committed_jobs_hold_no_paths():
+    for cfg in (REPO / "jobs").rglob("*.json"):
+        text = cfg.read_text()
+        assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), f"absolute path in {cfg}"
+        assert "source_ckpt_file_full_name" not in text and ".nii" not in text, cfg
+    server = json.loads((REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_server.json").read_text())
+    wf = server["workflows"][0]
+    assert wf["path"] == "plgg_fl.fl.controller.PinnedFedAvg" and wf["args"]["sites"] == ["cbtn"]
+    client = (REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_client.json").read_text()
+    assert "--stage decoder" in client and "plgg_fl.fl.filters.SendRecorder" in client

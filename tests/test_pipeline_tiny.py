@@ -1,0 +1,132 @@
+"""The whole stepwise pipeline on the tiny config, in the real NVFlare simulator (no mocks).
+
+One run (stage 1 -> 2 -> 3 -> evaluation, methods stepwise + adult_only, sends recorded) is shared by
+the tests of this module; about 2-3 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from plgg_fl.data.manifest import load_manifest
+from plgg_fl.engine import PlggUNet, encoder_decoder_keys
+from plgg_fl.pipeline.config import load_config
+from plgg_fl.pipeline.run import Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config(REPO / "simulator_configs" / "tiny.yaml")
+    cfg.cohort_dir = out / "cohort"
+    cfg.methods = ["stepwise", "adult_only"]
+    lines: list[str] = []
+    metrics = Pipeline(cfg, out_root=out / "runs", record_sends=True, printer=lines.append).run()
+    return {"out": out / "runs" / "tiny", "metrics": metrics, "cfg": cfg, "lines": lines}
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_every_stage_produced_its_global_model(tiny_run):
+    ck = tiny_run["out"] / "checkpoints"
+    keys = set(PlggUNet(preset="tiny").state_dict())
+    for name in ("stage1_brats_pretrain", "stepwise_plgg_finetune", "stepwise_plgg_decoder"):
+        state = _state(ck / f"{name}.pt")
+        assert set(state) == keys, name
+    jobs = [s["job"] for s in tiny_run["metrics"]["stages"]]
+    assert jobs == ["brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate"]
+    for stage in tiny_run["metrics"]["stages"][:3]:
+        sites = {s["name"] for s in stage["rounds"][0]["sites"]}
+        assert sites == set(stage["sites"])  # every pinned site reported in the round
+
+
+def test_stage3_keeps_the_stage2_encoder_bit_identical_and_changes_the_decoder(tiny_run):
+    ck = tiny_run["out"] / "checkpoints"
+    s2, s3 = _state(ck / "stepwise_plgg_finetune.pt"), _state(ck / "stepwise_plgg_decoder.pt")
+    enc, dec = encoder_decoder_keys(PlggUNet(preset="tiny"))
+    assert all(torch.equal(s2[k], s3[k]) for k in enc)
+    assert any(not torch.equal(s2[k], s3[k]) for k in dec)
+
+
+def test_evaluation_internal_and_external_per_expert(tiny_run):
+    ev = tiny_run["metrics"]["evaluation"]
+    for method in ("stepwise", "adult_only"):
+        cbtn = ev["cbtn"][method]
+        assert 0.0 <= cbtn["test/groups/model_vs_ref/dice/median"] <= 1.0
+        dfci = ev["dfci_bch"][method]
+        for expert in ("expert1", "expert2", "expert3"):
+            assert 0.0 <= dfci[f"test/groups/model_vs_{expert}/dice/median"] <= 1.0
+        assert "test/groups/inter_rater/dice/median" in dfci
+    out = tiny_run["out"]
+    assert (out / "metrics.csv").read_text().count("\n") > 10
+    table = (out / "summary.txt").read_text()
+    assert "stepwise" in table and "dfci_bch: model_vs_expert2" in table
+
+
+def _records(tiny_run, job: str) -> list[dict]:
+    recs = []
+    for f in sorted((tiny_run["out"] / "sends" / job).glob("*.jsonl")):
+        recs += [json.loads(x) for x in f.read_text().splitlines()]
+    return recs
+
+
+def _forbidden_strings(tiny_run) -> list[str]:
+    """Case keys and data locations that must never leave a site."""
+    cfg = tiny_run["cfg"]
+    out = [str(cfg.cohort_dir.resolve()), ".nii"]
+    for site in ("brats", "cbtn", "dfci_bch"):
+        out += [c.key for c in load_manifest(cfg.cohort_dir / site / "manifest.yaml").cases]
+    return out
+
+
+def test_what_leaves_a_site(tiny_run):
+    model = PlggUNet(preset="tiny")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    _, dec = encoder_decoder_keys(model)
+    forbidden = _forbidden_strings(tiny_run)
+    expected = {"brats_pretrain": set(shapes), "plgg_finetune": set(shapes), "plgg_decoder": set(dec)}
+    for job, keys in expected.items():
+        recs = [r for r in _records(tiny_run, job) if r["task"] == "train"]
+        assert {r["site"] for r in recs} == set(tiny_run["cfg"].stages[{"brats_pretrain": "pretrain", "plgg_finetune": "finetune", "plgg_decoder": "decoder"}[job]].sites)
+        for r in recs:
+            assert r["return_code"] == "OK" and r["data_kind"] in ("WEIGHTS", "WEIGHT_DIFF")
+            assert set(r["data"]) == keys, job  # state-dict keys only; the decoder alone in stage 3
+            for k, d in r["data"].items():
+                assert d["shape"] == shapes[k]  # exactly the parameter's shape: nothing image-shaped
+            for name, m in r["meta"]["initial_metrics"]["items"].items():
+                assert m["type"] == "float", name  # scalar metrics only
+    evals = _records(tiny_run, "plgg_evaluate")
+    assert {r["site"] for r in evals} == {"cbtn", "dfci_bch"} and len(evals) == 4  # 2 sites x 2 models
+    for r in evals:
+        assert r["data_kind"] == "METRICS"
+        assert all(v["type"] == "float" for v in r["data"].values())
+    for job in (*expected, "plgg_evaluate"):
+        text = "\n".join(json.dumps(r) for r in _records(tiny_run, job))
+        hits = [s for s in forbidden if s in text]
+        assert not hits, f"{job}: {hits[:5]} left a site"
+
+
+def test_client_job_configs_hold_no_path_or_case_key(tiny_run):
+    forbidden = _forbidden_strings(tiny_run)
+    configs = list((tiny_run["out"] / "nvflare").rglob("config_fed_client.json"))
+    assert configs
+    for cfg in configs:
+        text = cfg.read_text()
+        assert not re.search(r'"/[^"]*"', text), f"absolute path in {cfg}"
+        assert not [s for s in forbidden if s in text], cfg
+
+
+def test_progress_lines_name_stage_site_round(tiny_run):
+    text = "\n".join(tiny_run["lines"])
+    assert "stepwise: plgg_decoder at cbtn, dfci_bch" in text
+    assert re.search(r"\[cbtn\] round 0: val_dice\(global\)=\d\.\d+ train_loss=", text)
