@@ -1,0 +1,252 @@
+"""The FLARE API, wrapped for this study: log in with a startup kit, submit a stage, follow it,
+download its result, and chain the stages so each starts from the previous stage's global model.
+
+Everything here goes through NVFlare's own FLARE API (``new_secure_session``, ``submit_job``,
+``get_job_meta``, ``download_job_result``, ``abort_job``); authorization is the server's (a
+``member`` is refused by the server, not by this module).
+
+Chaining: a stage job starts from a model that travels *inside the job folder* - the checkpoint is
+copied into the job's ``app/custom/`` and the server's PT persistor is pointed at it by a relative
+name (NVFlare resolves relative checkpoint names against the app's custom folder on the server), so
+the lead's machine and the server need not share a disk. The evaluation job's locator takes
+absolute server paths (see :func:`prepare_stage_job`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
+
+log = logging.getLogger(__name__)
+
+TERMINAL_PREFIX = "FINISHED"
+#: stage order of the stepwise pipeline; each training stage starts from the one before
+STAGES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
+INITIAL_MODEL_NAME = "initial_model.pt"
+GLOBAL_MODEL_NAMES = ("FL_global_model.pt", "best_FL_global_model.pt")
+
+
+def kit_username(kit: str | Path) -> str:
+    """The user name a provisioned admin kit belongs to (from ``startup/fed_admin.json``)."""
+    conf = json.loads((Path(kit) / "startup" / "fed_admin.json").read_text())
+    return conf["admin"]["username"]
+
+
+def open_session(kit: str | Path, username: str | None = None, timeout: float = 30.0) -> Session:
+    """A secure FLARE API session as the owner of admin startup kit ``kit``."""
+    kit = Path(kit).resolve()
+    return new_secure_session(username or kit_username(kit), str(kit), timeout=timeout)
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    name: str
+    status: str
+    seconds: float
+    result_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED:COMPLETED"
+
+
+def follow(session: Session, job_id: str, timeout: float = 0.0, poll: float = 2.0, echo=print) -> dict:
+    """Poll the job until it finishes; ``echo`` each status change (with elapsed seconds).
+
+    With ``timeout`` > 0, a job still running after that many seconds is aborted and its final
+    meta returned (status ``FINISHED:ABORTED``), so a caller never waits forever.
+    """
+    start, last = time.monotonic(), None
+    while True:
+        meta = session.get_job_meta(job_id)
+        status = meta.get("status", "?")
+        if status != last:
+            echo(f"[{time.monotonic() - start:6.0f}s] job {job_id} ({meta.get('name', '')}): {status}")
+            last = status
+        if status.startswith(TERMINAL_PREFIX):
+            return meta
+        if 0 < timeout < time.monotonic() - start:
+            echo(f"job {job_id} still {status} after {timeout:.0f}s: aborting it")
+            session.abort_job(job_id)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                meta = session.get_job_meta(job_id)
+                if meta.get("status", "").startswith(TERMINAL_PREFIX):
+                    break
+                time.sleep(poll)
+            return meta
+        time.sleep(poll)
+
+
+def download(session: Session, job_id: str, dest: str | Path) -> Path:
+    """Download a finished job's result into ``dest/<job_id>/`` and return that folder.
+
+    Besides NVFlare's server-side result (``workspace/``: global models, metrics, server log), the
+    job logs the sites streamed to the server go to ``site_logs/<site>.log.txt`` (where a site
+    allows log streaming: ``allow_log_streaming`` in its ``local/resources.json``).
+    """
+    result = Path(session.download_job_result(job_id, str(dest)))
+    fetch_site_logs(session, job_id, result)
+    return result
+
+
+def fetch_site_logs(session: Session, job_id: str, result_dir: str | Path) -> dict[str, Path]:
+    """Write the job's site logs (as streamed to the server) into ``result_dir/site_logs/``."""
+    try:
+        logs = session.get_job_logs(job_id, target="all").get("logs", {})
+    except Exception as e:  # older servers / streaming off: the result is still useful without them
+        log.warning("no site logs for job %s: %s", job_id, e)
+        return {}
+    out_dir = Path(result_dir) / "site_logs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for site, text in logs.items():
+        if isinstance(text, str) and text:
+            written[site] = out_dir / f"{site}.log.txt"
+            written[site].write_text(text)
+    return written
+
+
+_ERROR_LINE = re.compile(r"\[plgg-fl client\] FAILED|^\S*(Error|Exception): |\bSiteConfigError\b|\bManifestError\b")
+
+
+def site_errors(result_dir: str | Path, max_lines: int = 5) -> dict[str, list[str]]:
+    """Per site, the error lines of its streamed job log (``site_logs/``): who failed and why."""
+    out = {}
+    for f in sorted((Path(result_dir) / "site_logs").glob("*.log.txt")):
+        site = f.name[: -len(".log.txt")]
+        if site == "server":
+            continue
+        lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if _ERROR_LINE.search(ln.strip())]
+        if lines:
+            out[site] = list(dict.fromkeys(lines))[-max_lines:]
+    return out
+
+
+def global_model(result_dir: str | Path, which: str = "last") -> Path:
+    """The global model file in a downloaded training-job result (``last`` or ``best``)."""
+    name = GLOBAL_MODEL_NAMES[0] if which == "last" else GLOBAL_MODEL_NAMES[1]
+    hits = sorted(Path(result_dir).rglob(name))
+    if not hits:
+        raise FileNotFoundError(f"no {name} in {result_dir} (did the job finish?)")
+    return hits[0]
+
+
+def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
+    """Make training job ``job_dir`` start from ``checkpoint``, shipped inside the job folder.
+
+    Copies the file into every app's ``custom/`` and points each server-side PT persistor at it by
+    relative name. Returns the job folder.
+    """
+    job_dir = Path(job_dir)
+    changed = False
+    for server_cfg in job_dir.glob("*/config/config_fed_server.json"):
+        app = server_cfg.parent.parent
+        cfg = json.loads(server_cfg.read_text())
+        for comp in cfg.get("components", []):
+            if comp.get("path", "").endswith("PTFileModelPersistor"):
+                comp.setdefault("args", {})["source_ckpt_file_full_name"] = INITIAL_MODEL_NAME
+                changed = True
+        if changed:
+            (app / "custom").mkdir(exist_ok=True)
+            shutil.copyfile(checkpoint, app / "custom" / INITIAL_MODEL_NAME)
+            server_cfg.write_text(json.dumps(cfg, indent=4))
+    if not changed:
+        raise ValueError(f"{job_dir}: no PTFileModelPersistor in a server config; cannot set its initial model")
+    return job_dir
+
+
+def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+                      model_name: str = "stepwise") -> Path:
+    """Export stage job ``stage`` from pipeline config ``config`` into ``out/<stage>``.
+
+    Training stages start from ``checkpoint`` (embedded in the job); ``plgg_evaluate`` scores it
+    under ``model_name`` (its locator reads an absolute path on the server: the lead's machine and
+    the server must share that path, as in a one-machine trial).
+    """
+    from plgg_fl.fl.cli import export_jobs  # the FL layer owns the job definitions
+
+    if stage == "plgg_evaluate":
+        if checkpoint is None:
+            raise ValueError("plgg_evaluate needs a model to score")
+        models = {model_name: str(Path(checkpoint).resolve())}
+        return deploy_only_to_participants(export_jobs(Path(out), Path(config), [stage], models=models)[0])
+    job = export_jobs(Path(out), Path(config), [stage])[0]
+    if checkpoint is not None:
+        embed_initial_model(job, checkpoint)
+    return deploy_only_to_participants(job)
+
+
+def deploy_only_to_participants(job_dir: str | Path) -> Path:
+    """Deploy the job to the server and the sites its workflow names, not to every site (``@ALL``).
+
+    A site outside the workflow would otherwise start a job process that only waits (and costs a
+    process start of torch + MONAI). Sites are read from the server workflow's ``sites`` (pinned
+    FedAvg) or ``participating_clients`` (evaluation). Folders without either are left as they are.
+    """
+    job_dir = Path(job_dir)
+    meta_path = job_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    deploy_map = meta.get("deploy_map", {})
+    for app, targets in deploy_map.items():
+        if targets != ["@ALL"]:
+            continue
+        cfg = json.loads((job_dir / app / "config" / "config_fed_server.json").read_text())
+        sites = []
+        for wf in cfg.get("workflows", []):
+            args = wf.get("args", {})
+            sites += args.get("sites") or args.get("participating_clients") or []
+        if sites:
+            deploy_map[app] = ["server", *dict.fromkeys(sites)]
+    meta_path.write_text(json.dumps(meta, indent=4))
+    return job_dir
+
+
+def submit_and_follow(session: Session, job_dir: str | Path, download_to: str | Path | None = None,
+                      timeout: float = 0.0, echo=print) -> JobOutcome:
+    """Submit a job folder, follow it to the end, and download its result (if ``download_to``)."""
+    t0 = time.monotonic()
+    job_id = session.submit_job(str(job_dir))
+    echo(f"submitted {Path(job_dir).name} as job {job_id}")
+    meta = follow(session, job_id, timeout=timeout, echo=echo)
+    out = JobOutcome(job_id, meta.get("name", Path(job_dir).name), meta.get("status", "?"), time.monotonic() - t0)
+    if download_to is not None:
+        out.result_dir = download(session, job_id, download_to)
+        echo(f"result of {job_id}: {out.result_dir}")
+        if not out.ok:
+            for site, lines in site_errors(out.result_dir).items():
+                echo(f"  site {site} failed: " + " | ".join(lines))
+    return out
+
+
+def run_chain(session: Session, config: str | Path, download_to: str | Path, stages=STAGES,
+              checkpoint: str | Path | None = None, timeout: float = 0.0, which: str = "last",
+              echo=print) -> list[JobOutcome]:
+    """Run ``stages`` in order; each starts from the previous one's global model (``which``).
+
+    ``checkpoint``: the model the first stage starts from (None: from the model class). Stops at
+    the first stage that does not finish ``FINISHED:COMPLETED``.
+    """
+    outcomes = []
+    download_to = Path(download_to)
+    with tempfile.TemporaryDirectory(prefix="plgg_jobs_") as tmp:
+        for stage in stages:
+            job = prepare_stage_job(stage, config, Path(tmp) / stage, checkpoint)
+            out = submit_and_follow(session, job, download_to, timeout=timeout, echo=echo)
+            outcomes.append(out)
+            if not out.ok:
+                echo(f"stage {stage} ended {out.status}; stopping the chain (logs: {out.result_dir})")
+                break
+            if stage != "plgg_evaluate":
+                checkpoint = global_model(out.result_dir, which)
+                echo(f"stage {stage} global model: {checkpoint}")
+    return outcomes
