@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "plgg_fl.predict.cli",
     "plgg_fl.report.cli",
     "plgg_fl.review.cli",
+    "plgg_fl.deploy.cli",
 )
 
 

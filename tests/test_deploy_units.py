@@ -1,0 +1,119 @@
+"""Deployment pieces without a running federation: project file, provisioning (real ``nvflare
+provision``), site policies as NVFlare parses them, the site result filter, job preparation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_context import FLContext
+
+from plgg_fl.deploy import api
+from plgg_fl.deploy.filters import ModelAndScalarsOnly
+from plgg_fl.deploy.provision import PROJECT_YML, SITES_DIR, load_project, localize_project, provision
+
+SITES = ("brats", "cbtn", "dfci_bch")
+TINY = Path(__file__).resolve().parents[1] / "simulator_configs" / "tiny.yaml"
+
+
+def test_project_has_the_study_sites_and_roles():
+    project = load_project()
+    by_type = {}
+    for p in project["participants"]:
+        by_type.setdefault(p["type"], []).append(p)
+    assert len(by_type["server"]) == 1
+    assert sorted(c["name"] for c in by_type["client"]) == sorted(SITES)
+    assert all(c.get("org") for c in by_type["client"])
+    assert sorted(a["role"] for a in by_type["admin"]) == ["lead", "member", "project_admin"]
+
+
+def test_localize_sets_host_and_port_on_a_copy():
+    project = load_project()
+    local = localize_project(project, "localhost", 12345)
+    server = next(p for p in local["participants"] if p["type"] == "server")
+    assert server["name"] == "localhost" and server["fed_learn_port"] == 12345
+    assert next(p for p in project["participants"] if p["type"] == "server")["name"] != "localhost"
+
+
+def test_provision_writes_kits_with_site_policies(tmp_path):
+    kits = provision(tmp_path / "ws", PROJECT_YML, host="localhost", port=23456,
+                     server_storage=tmp_path / "store", heartbeat_timeout=30)
+    assert set(kits.clients) == set(SITES)
+    for site, kit in kits.clients.items():
+        fed_client = json.loads((kit / "startup" / "fed_client.json").read_text())
+        assert fed_client["servers"][0]["service"]["target"] == "localhost:23456"
+        for name in ("privacy.json", "resources.json"):
+            assert (kit / "local" / name).read_bytes() == (SITES_DIR / site / "local" / name).read_bytes()
+    lead = kits.admin_with_role("lead")
+    assert api.kit_username(kits.admins[lead]) == lead
+    admin_conf = json.loads((kits.admins[lead] / "startup" / "fed_admin.json").read_text())["admin"]
+    assert (admin_conf["host"], admin_conf["port"]) == ("localhost", 23456)
+    res = json.loads((kits.server / "local" / "resources.json").read_text())
+    assert res["servers"][0]["heart_beat_timeout"] == 30
+    assert str(tmp_path / "store") in json.dumps(res) and "/tmp/nvflare" not in json.dumps(res)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "startup").mkdir()
+    (tmp_path / "local" / "privacy.json").write_text((SITES_DIR / site / "local" / "privacy.json").read_text())
+    mgr = create_privacy_manager(Workspace(str(tmp_path), site), names_only=False)
+    default = mgr.get_scope(None)
+    assert default.name == "model_and_scalars"
+    out_filters = default.task_result_filters["out"]
+    assert [type(f).__name__ for f in out_filters] == ["ModelAndScalarsOnly"]
+    dp = mgr.get_scope("model_and_scalars_dp").task_result_filters["out"]
+    assert type(dp[-1]).__name__ == "ModelAndScalarsOnly"  # the site filter runs last
+
+
+def _filtered(dxo: DXO, **kw) -> DXO:
+    return from_shareable(ModelAndScalarsOnly(**kw).process(dxo.to_shareable(), FLContext()))
+
+
+def test_filter_lets_model_tensors_and_scalar_metrics_through_only():
+    dxo = DXO(DataKind.WEIGHTS,
+              data={"w": np.ones((2, 3), np.float32), "b": torch.zeros(3), "case_key": "CBTN-0001", "l": [1, 2]},
+              meta={"initial_metrics": {"val_dice": 0.5, "where": "/data/x.nii.gz"},
+                    "NUM_STEPS_CURRENT_ROUND": 2, "manifest": "/data/manifest.yaml", "current_round": 1})
+    out = _filtered(dxo)
+    assert set(out.data) == {"w", "b"}
+    assert out.meta == {"initial_metrics": {"val_dice": 0.5}, "NUM_STEPS_CURRENT_ROUND": 2, "current_round": 1}
+
+    metrics = DXO(DataKind.METRICS, data={"dice": 0.8, "per_rater": {"r1": 0.7, "case": "X"}, "nan": float("nan"),
+                                          "mask": np.zeros((4, 4, 4)), "n": 3})
+    assert _filtered(metrics).data == {"dice": 0.8, "per_rater": {"r1": 0.7}, "n": 3}
+
+    other = _filtered(DXO(DataKind.COLLECTION, data={"x": np.zeros(3)}))
+    assert other.data_kind == DataKind.METRICS and other.data == {}
+
+
+def test_filter_can_restrict_tensors_to_the_model_keys():
+    dxo = DXO(DataKind.WEIGHT_DIFF, data={"fc.weight": np.ones((1, 4), np.float32), "image": np.ones((8, 8, 8))})
+    out = _filtered(dxo, allowed_keys_from={"path": "torch.nn.Linear", "args": {"in_features": 4, "out_features": 1}})
+    assert out.data == {}  # a Linear's keys are weight/bias: neither name is one
+    out = _filtered(DXO(DataKind.WEIGHTS, data={"weight": np.ones((1, 4), np.float32), "image": np.ones(8)}),
+                    allowed_keys_from={"path": "torch.nn.Linear", "args": {"in_features": 4, "out_features": 1}})
+    assert set(out.data) == {"weight"}
+
+
+def test_stage_job_embeds_the_initial_model_and_deploys_to_its_sites(tmp_path):
+    ckpt = tmp_path / "stage1.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, ckpt)
+    job = api.prepare_stage_job("plgg_finetune", TINY, tmp_path / "out", ckpt)
+    server_cfg = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    persistor = next(c for c in server_cfg["components"] if c["path"].endswith("PTFileModelPersistor"))
+    assert persistor["args"]["source_ckpt_file_full_name"] == api.INITIAL_MODEL_NAME  # relative: no server path
+    assert (job / "app" / "custom" / api.INITIAL_MODEL_NAME).read_bytes() == ckpt.read_bytes()
+    meta = json.loads((job / "meta.json").read_text())
+    assert meta["deploy_map"] == {"app": ["server", "cbtn", "dfci_bch"]}
+    tiny = yaml.safe_load(TINY.read_text())
+    assert meta["deploy_map"]["app"][1:] == tiny["stages"]["finetune"]["sites"]
