@@ -53,7 +53,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "plgg_fl.engine.PlggUNet"
 KEY_METRIC = "val_dice"
 JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
-TASK_GROUPS = (["train"], ["validate", "submit_model"])
+# One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
+# exported in hash order, which differs between runs (and would make jobs/ drift).
+TASK_GROUPS = (["train"], ["validate"], ["submit_model"])
 PRIVACY_FILTERS = {"percentile": PercentilePrivacy, "svt": SVTPrivacy}
 
 

@@ -106,6 +106,7 @@ def main(argv=None) -> None:
             print(
                 f"[{site}] round {received.current_round}: val_dice(global)={metrics.get('val_dice', float('nan')):.4f} "
                 f"train_loss={metrics['train_loss']:.4f} steps={out['steps']}"
+                + (f" fedprox_mu={trainer.mu:g}" if trainer.mu else "")
             )
             flare.send(
                 FLModel(params=params, params_type=ptype, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": out["steps"]})
