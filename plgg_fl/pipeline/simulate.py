@@ -123,6 +123,22 @@ class _LogFollower(threading.Thread):
         self.poll()
 
 
+def quiet_console_log_config(folder: Path) -> str:
+    """Path of a log config file: NVFlare's concise config with the console at WARNING (site and
+    server log files keep INFO; the pipeline prints progress itself). A file, because inline JSON
+    does not survive the simulator's command line."""
+    import copy
+
+    from nvflare.fuel.utils.log_utils import concise_log_dict
+
+    cfg = copy.deepcopy(concise_log_dict)
+    cfg["handlers"]["consoleHandler"]["level"] = "WARNING"
+    path = Path(folder) / "log_config_quiet_console.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=1))
+    return str(path)
+
+
 def _kill_simulator_processes() -> int:
     """Terminate this process's NVFlare simulator children (by pid). Returns how many were signalled."""
     import psutil
@@ -187,7 +203,7 @@ def run_in_simulator(
     follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
     follower.start()
     t0 = time.perf_counter()
-    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config="concise")
+    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config=quiet_console_log_config(workspace_root))
     try:
         _run_with_timeout(recipe, env, timeout_s)
     except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
