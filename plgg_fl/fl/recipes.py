@@ -45,10 +45,13 @@ from plgg_fl.fl.controller import PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
 
-#: The client script, named relative to the folder holding the ``plgg_fl`` package: NVFlare writes an
-#: in-process script's path into the job config as given, so an absolute path would leak the
-#: exporting machine's layout. Recipes build, export and run with that folder as the current one.
-CLIENT_SCRIPT = "plgg_fl/fl/client.py"
+#: The client script, named by its bare file name with its own folder as the current one while a
+#: recipe is built, exported or run: NVFlare writes an in-process script's path into the job config
+#: as given (an absolute path would leak the exporting machine's layout) and copies it to
+#: ``custom/`` under that relative path. A package-relative name (``plgg_fl/fl/client.py``) would
+#: create ``custom/plgg_fl/``, a namespace package that shadows an editable install at the sites.
+CLIENT_SCRIPT = "client.py"
+SCRIPT_DIR = Path(__file__).resolve().parent
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "plgg_fl.engine.PlggUNet"
 KEY_METRIC = "val_dice"
@@ -113,10 +116,10 @@ def client_args(stage: str, opts: StageOptions, extra: str = "") -> str:
 
 
 @contextlib.contextmanager
-def at_package_root():
-    """Run a block with the folder holding ``plgg_fl`` as the current folder (see CLIENT_SCRIPT)."""
+def at_script_dir():
+    """Run a block with the client script's folder as the current folder (see CLIENT_SCRIPT)."""
     old = os.getcwd()
-    os.chdir(PACKAGE_ROOT)
+    os.chdir(SCRIPT_DIR)
     try:
         yield
     finally:
@@ -124,15 +127,15 @@ def at_package_root():
 
 
 class _PackageScript:
-    """Mixin: export/run a recipe whose client script is named relative to PACKAGE_ROOT."""
+    """Mixin: export/run a recipe whose client script is named relative to SCRIPT_DIR."""
 
     def export(self, job_dir, *args, **kwargs):
         job_dir = os.path.abspath(job_dir)
-        with at_package_root():
+        with at_script_dir():
             return super().export(job_dir, *args, **kwargs)
 
     def run(self, env, *args, **kwargs):
-        with at_package_root():
+        with at_script_dir():
             return super().run(env, *args, **kwargs)
 
 
@@ -159,7 +162,7 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
 
 
 def _finish(recipe: Recipe, opts: StageOptions) -> Recipe:
-    with at_package_root():  # adding filters makes NVFlare resolve the client script now
+    with at_script_dir():  # adding filters makes NVFlare resolve the client script now
         return _add_filters(recipe, opts)
 
 
