@@ -16,6 +16,9 @@ from plgg_fl.pipeline.config import PipelineConfig
 def train_local(cfg: PipelineConfig, init_ckpt: Path, manifests: dict[str, Path], out: Path) -> Path:
     """Stage 1 weights -> full fine-tuning -> decoder fine-tuning on ``manifests``' train cases.
     Writes an engine checkpoint at ``out`` and returns it."""
+    import torch
+
+    torch.set_num_threads(1)  # like one simulated client (see plgg_fl.pipeline.simulate): same budget, same cores
     cases = [c for p in manifests.values() for c in usable_cases(load_manifest(p), "train")]
     model = PlggUNet(preset=cfg.preset)
     model.load_state_dict(read_state_dict(str(init_ckpt)))
