@@ -193,3 +193,12 @@ def test_keep_largest_component():
     m[4, 4, 4] = 1  # diagonal neighbour of the big cube: 26-connected to it
     out = keep_largest_component(m)
     assert out.sum() == 27 + 1 and out[6:8, 6:8, 6:8].sum() == 0
+
+
+def test_mirror_tta_of_a_flip_equivariant_model_changes_nothing(tmp_path):
+    case = write_toy_case(tmp_path, "tta", seed=5, shape=(30, 34, 26), spacing_mm=(2.0, 2.0, 2.0))
+    cfg = TrainConfig.for_preset("tiny", spacing_mm=None)
+    plain = predict(_Oracle(), case["image"], cfg, tta=False, return_prob=True)
+    tta = predict(_Oracle(), case["image"], cfg, tta=True, return_prob=True)
+    np.testing.assert_allclose(tta.prob, plain.prob, atol=1e-4)
+    assert plain.mask.any()

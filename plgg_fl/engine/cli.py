@@ -70,6 +70,17 @@ def register(subparsers) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_evaluate)
 
+    c = subparsers.add_parser(
+        "compare",
+        help="paired Wilcoxon signed-rank test of two evaluations' per-case metric",
+        description="Reads two per_case.csv files written by `plgg-fl evaluate` and tests A vs B on the cases both define.",
+    )
+    c.add_argument("a", type=Path, help="per_case.csv of model A")
+    c.add_argument("b", type=Path, help="per_case.csv of model B")
+    c.add_argument("--comparison", default=None, help="comparison to test (default: the first model_vs_* in A)")
+    c.add_argument("--metric", default="dice")
+    c.set_defaults(func=_compare)
+
 
 def _train(args: argparse.Namespace) -> int:
     import torch
@@ -150,4 +161,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         if "hd95_mm" in g:
             print(f"  {'':<24} HD95 mm {format_summary(g['hd95_mm'], 2)}")
     print(f"-> {Path(args.out) / 'per_case.csv'}, {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from plgg_fl.engine.evaluate import compare_models, read_rows
+
+    a, b = read_rows(args.a), read_rows(args.b)
+    comparison = args.comparison or next((r["comparison"] for r in a if r["a"] == "model"), None)
+    if comparison is None:
+        log.error("%s: no model_vs_* rows", args.a)
+        return 1
+    w = compare_models(a, b, comparison, args.metric)
+    print(f"{comparison} {args.metric}: n={w['n']} median difference (A - B) {w['median_difference']:.4f}; "
+          f"Wilcoxon W={w['statistic']} p={w['p_value']}" + (f" ({w['note']})" if "note" in w else ""))
     return 0

@@ -94,6 +94,13 @@ def sliding_window_probs(
     return (acc / len(flips)).cpu()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a module with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def predict(
     model: nn.Module,
     image: Any,
@@ -106,7 +113,7 @@ def predict(
 ) -> Prediction:
     """Segment one image (path or nibabel image). ``tta``/``keep_largest`` default to the config's.
 
-    The model is put in eval mode and run on the device its parameters are on.
+    The model is put in eval mode (restored afterwards) and run on the device its parameters are on.
     """
     tta = cfg.tta if tta is None else tta
     keep_largest = cfg.keep_largest if keep_largest is None else keep_largest
@@ -115,7 +122,7 @@ def predict(
     shape = tuple(raw.shape[1:])
     chain = preprocess(cfg, with_label=False, load=False)
     data = chain({IMAGE: raw})
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
