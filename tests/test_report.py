@@ -187,3 +187,32 @@ def test_study_values_average_references_and_keep_undefined_hd95_out():
     (row,) = study_table({("s", "stepwise"): rows}, ["s"], ["stepwise"])
     assert row["n"] == 2 and row["hd95_mm"]["n"] == 1 and row["hd95_mm"]["n_undefined"] == 1
     assert math.isnan(row["p_vs_scratch"])  # no scratch in this run
+
+
+def test_plotted_numbers_equal_per_case_csvs_and_site_reports(report_run):
+    run, rep = report_run
+    data = Path(rep["html"]).parent / "data"
+    plotted = {(r["site"], r["method"], r["key"]): float(r["dice"]) for r in csv.DictReader((data / "dice_per_case.csv").open())}
+    want = {(k.split("/")[0], k.split("/")[1], key): v for k, p in rep["per_case_csv"].items()
+            for key, v in _model_by_case(Path(p), "dice").items()}
+    assert plotted == pytest.approx(want)
+    sent = json.loads((run / "metrics.json").read_text())["stages"]
+    rounds = list(csv.DictReader((data / "val_dice_rounds.csv").open()))
+    assert {r["job"] for r in rounds} == {s["job"] for s in sent if s.get("rounds")}
+    for s in sent:
+        for rec in s.get("rounds", []):
+            for site in rec["sites"]:
+                v = {m["name"]: m["value"] for m in site["metrics"]}.get("val_dice")
+                got = [r for r in rounds if r["method"] == s["method"] and r["job"] == s["job"]
+                       and int(r["round"]) == rec["round"] and r["site"] == site["name"]]
+                assert len(got) == 1 and (v is None or float(got[0]["val_dice"]) == pytest.approx(v))
+
+
+def test_review_packet_from_the_run(report_run, tmp_path):
+    from plgg_fl.cli import main
+
+    run, _ = report_run
+    out = tmp_path / "packet"
+    assert main(["review-packet", "--run", str(run), "--method", "stepwise", "--site", "dfci_bch", "--out", str(out), "-n", "2"]) == 0
+    key = list(csv.DictReader((tmp_path / "packet_KEY.csv").open()))
+    assert len(key) == 8 and sum(r["source_type"] == "AI" for r in key) == 2

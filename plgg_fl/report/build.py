@@ -6,6 +6,8 @@ Output (default ``RUN_DIR/report/``)::
     img/*.png                  figures and gallery overlays
     data/study_table.csv       the study table's numbers (one row per test set x method x metric)
     data/multirater_table.csv  the multi-rater table's numbers
+    data/dice_per_case.csv     the plotted per-case Dice and reference volume (ml)
+    data/val_dice_rounds.csv   the plotted validation Dice per federated stage, round and site
     data/report.json           everything above plus provenance, machine-readable
 """
 
@@ -66,6 +68,27 @@ def _write_csvs(study: list[dict], multi: dict[str, list[dict]], data: Path) -> 
                             r["median_diff_vs_inter"], r["p_vs_inter"]])
 
 
+def _write_plot_data(run, sites: list[str], methods: list[str], data: Path) -> None:
+    """The plotted numbers: per-case Dice and reference volume (box plots, Dice vs volume) and the
+    per-round validation Dice per site and federated stage."""
+    with (data / "dice_per_case.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["site", "method", "key", "dice", "vol_ref_ml"])
+        for site in sites:
+            for m in methods:
+                rows = run.per_case.get((site, m))
+                if rows:
+                    d, v = tables.model_values(rows, "dice"), tables.model_values(rows, "vol_ref_ml")
+                    w.writerows([site, m, k, d[k], v[k]] for k in sorted(d))
+    with (data / "val_dice_rounds.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "job", "round", "site", "val_dice"])
+        for st in run.round_metrics():
+            for r in st["rounds"]:
+                for site, ms in sorted(r["sites"].items()):
+                    w.writerow([st["method"], st["job"], r["round"], site, ms.get("val_dice", "")])
+
+
 def _cards(run, study: list[dict], multi: dict[str, list[dict]]) -> list[tuple]:
     by = {(r["site"], r["method"]): r for r in study}
     main = "stepwise" if any(m == "stepwise" for _, m in by) else (run.methods[0] if run.methods else "")
@@ -107,6 +130,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     best, items = gallery.render(run, img, k=gallery_k) if gallery_k > 0 else (None, [])
     prov = provenance.collect(run)
     _write_csvs(study, multi, data)
+    _write_plot_data(run, sites, methods, data)
 
     doc: list[tuple] = [("h1", f"plgg-fl study report · run '{run.name}'"),
                         ("note", "Synthetic-data run unless the config names a real cohort. Blue cards: this run. "
@@ -120,6 +144,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
                             "mean over experts). Volume diff. = predicted - reference (ml). HD95 undefined when one mask is empty. "
                             "p: two-sided paired Wilcoxon signed-rank test of per-case Dice against scratch, pairs = case keys within the test set "
                             "(n/a: scratch not run, or no non-zero paired difference).")]
+    small = min((r["n"] for r in study), default=0)
+    if small < 6:
+        doc.append(("note", f"Small test sets (smallest n = {small}): a two-sided Wilcoxon signed-rank test cannot reach "
+                            "p < 0.05 with fewer than 6 pairs, so the p-values here are bookkeeping, not evidence."))
     for site, rows in multi.items():
         h, b = tables.multirater_cells(rows)
         doc += [("h2", f"Multi-rater table · {site}"),

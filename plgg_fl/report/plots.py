@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from plgg_fl.report.tables import model_values  # noqa: E402
@@ -104,6 +105,11 @@ def dice_vs_volume(per_case: dict, sites: list[str], methods: list[str], path: P
                    color=COLORS[methods.index(method) % len(COLORS)] if method in methods else "grey",
                    marker=MARKERS[sites.index(site) % len(MARKERS)], alpha=0.8, label=f"{method} · {site}")
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500) if lo <= t <= hi]
+    if ticks:
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("reference tumour volume (ml, log scale)")
     ax.set_ylabel("Dice")
     ax.set_ylim(-0.02, 1.02)
