@@ -13,6 +13,7 @@ Example (``simulator_configs/tiny.yaml``)::
     evaluate: {sites: [cbtn, dfci_bch], splits: test}
     handoff: last                    # which global model a stage hands on: last | best (by val Dice)
     job_timeout_s: 600               # a simulator job running longer is stopped and reported
+    gpu: "0"                         # optional: NVFlare SimEnv gpu_config; clients use cuda when set
     methods: [stepwise, adult_only]  # see METHODS
 
 A stage entry takes the :class:`plgg_fl.fl.recipes.StageOptions` fields (``num_rounds``,
@@ -41,7 +42,7 @@ METHODS = {
     "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
 }
 STAGES = ("pretrain", "finetune", "decoder")
-_TOP = {"job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
+_TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,7 @@ class PipelineConfig:
     handoff: str = "last"
     methods: list[str] = field(default_factory=lambda: ["stepwise"])
     job_timeout_s: float = 1800.0  # a simulator job running longer is stopped and reported
+    gpu: str | None = None  # SimEnv gpu_config, e.g. "0" or "0,1" (clients spread over the GPUs); None = CPU
     source: str = ""
 
     @property
@@ -139,6 +141,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         handoff=handoff,
         methods=methods,
         job_timeout_s=float(data.get("job_timeout_s", 1800.0)),
+        gpu=None if data.get("gpu") is None else str(data["gpu"]),
         source=origin,
     )
 

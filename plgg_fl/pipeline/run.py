@@ -69,7 +69,7 @@ class Pipeline:
             f"{' from ' + init.name if init else ' from random init'}"
         )
         res = run_in_simulator(recipe, spec.sites, self.out / "nvflare" / method, self.manifests, self.record_dir, self._progress,
-                               self.cfg.job_timeout_s)
+                               self.cfg.job_timeout_s, self.cfg.gpu)
         self._keep_logs(method, res)
         check_training(res, o.num_rounds)
         src = res.best_model if self.cfg.handoff == "best" and res.best_model.is_file() else res.last_model
@@ -116,7 +116,7 @@ class Pipeline:
         )
         self._log(f"evaluation: {len(finals)} model(s) at {', '.join(self.cfg.eval_sites)} on '{self.cfg.eval_splits}'")
         res = run_in_simulator(recipe, self.cfg.eval_sites, self.out / "nvflare" / "evaluate", self.manifests,
-                               self.record_dir, self._progress, self.cfg.job_timeout_s)
+                               self.record_dir, self._progress, self.cfg.job_timeout_s, self.cfg.gpu)
         self._keep_logs("evaluate", res)
         check_evaluation(res, list(finals))
         self.stages.append({"method": "evaluate", "job": recipe.name, "sites": self.cfg.eval_sites, "wall_s": round(res.wall_s, 2)})

@@ -183,6 +183,7 @@ def run_in_simulator(
     record_dir: Path | None = None,
     printer=print,
     timeout_s: float = 1800.0,
+    gpu: str | None = None,
 ) -> JobResult:
     """Run ``recipe`` with one simulated client per site; the sites find their data through
     ``PLGG_FL_MANIFEST_<SITE>`` (set here, as a site operator would). Returns the outputs found.
@@ -203,7 +204,8 @@ def run_in_simulator(
     follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
     follower.start()
     t0 = time.perf_counter()
-    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), log_config=quiet_console_log_config(workspace_root))
+    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), gpu_config=gpu,
+                 log_config=quiet_console_log_config(workspace_root))
     try:
         _run_with_timeout(recipe, env, timeout_s)
     except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
