@@ -42,7 +42,7 @@ def make_volume(path: Path, seed: int = 7) -> np.ndarray:
     return seg
 
 
-def get_model(preset: str, work: Path):
+def get_model(preset: str, work: Path, device: str = "cpu"):
     """(model, inference TrainConfig with the preset's own window/spacing) - trained briefly, cached."""
     from plgg_fl.engine.checkpoint import load_checkpoint
     from plgg_fl.engine.config import PRESET_DEFAULTS
@@ -60,12 +60,12 @@ def get_model(preset: str, work: Path):
         blob_kw = dict(shape_ras=tuple(fov), spacing_mm=(1.0,) * 3, brain_semi_mm=tuple(0.3 * f for f in fov))
         train_blob_model(
             ckpt, preset=preset, steps=steps, n_cases=n, blob_kw=blob_kw, patch_size=patch,
-            batch_size=1 if preset == "nnunet" else 2, crop_to_brain=False, foreground_ratio=0.4,
+            batch_size=1 if preset == "nnunet" else 2, crop_to_brain=False, foreground_ratio=0.4, device=device,
         )
         print(f"  trained {preset} for {steps} steps in {time.perf_counter() - t0:.0f} s -> {ckpt}", flush=True)
-    model, cfg, _ = load_checkpoint(ckpt)
+    model, cfg, _ = load_checkpoint(ckpt, device=device)
     d = PRESET_DEFAULTS[preset]
-    return model, cfg.replace(patch_size=tuple(d["patch_size"]), spacing_mm=tuple(d["spacing_mm"]), sw_batch_size=d["sw_batch_size"], cpu_bf16=False, tta=False, keep_largest=False)
+    return model, cfg.replace(device=device, patch_size=tuple(d["patch_size"]), spacing_mm=tuple(d["spacing_mm"]), sw_batch_size=d["sw_batch_size"], cpu_bf16=False, tta=False, keep_largest=False)
 
 
 def naive_monai(model, cfg, src: Path, dst: Path) -> np.ndarray:
@@ -84,9 +84,10 @@ def naive_monai(model, cfg, src: Path, dst: Path) -> np.ndarray:
         ]
     )
     data = chain({"image": str(src)})
+    x = data["image"][None].as_tensor().to(next(model.parameters()).device)
     with torch.inference_mode():
-        logits = sliding_window_inference(data["image"][None].as_tensor(), cfg.patch_size, 1, model, overlap=cfg.sw_overlap, mode="gaussian")
-    data["pred"] = MetaTensor(torch.softmax(logits, 1)[0, 1:2], affine=data["image"].affine)
+        logits = sliding_window_inference(x, cfg.patch_size, 1, model, overlap=cfg.sw_overlap, mode="gaussian")
+    data["pred"] = MetaTensor(torch.softmax(logits, 1)[0, 1:2].cpu(), affine=data["image"].affine)
     prob = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=False)(data)["pred"]
     mask = (np.asarray(prob[0]) > 0.5).astype(np.uint8)
     nib.save(nib.Nifti1Image(mask, nib.load(str(src)).affine), str(dst))
@@ -108,7 +109,7 @@ def dice(a, b) -> float:
 
 
 def main(argv=None) -> int:
-    from plgg_fl.predict.prep import cpu_has_native_bf16
+    from plgg_fl.engine.config import cpu_has_native_bf16
     from plgg_fl.predict.run import PredictOptions, inference_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,23 +118,31 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/plgg_bench", help="scratch folder (cached checkpoints, outputs)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--sw-batch-size", type=int, default=4)
+    ap.add_argument("--device", default="cpu", help="cpu (the target) or cuda (predict then uses the model's fp16 AMP)")
+    ap.add_argument("--attribute", action="store_true", help="also time predict at fp32 / 1 window per forward")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     src = work / "t2_240x240x155_1mm.nii.gz"
     truth = make_volume(src)
+    if args.device != "cpu":
+        print(f"device {torch.cuda.get_device_name()}", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
           f"load average {os.getloadavg()[0]:.1f}; volume {SHAPE} at 1 mm", flush=True)
     opts = PredictOptions(overwrite=True, progress=False, precision=args.precision, sw_batch_size=args.sw_batch_size)
     results = {}
     for preset in args.presets:
-        model, cfg = get_model(preset, work)
+        model, cfg = get_model(preset, work, args.device)
         fast_cfg = inference_config(cfg, opts)
         out = work / f"out_{preset}"
         out.mkdir(exist_ok=True)
         naive_t, fast_t = [], []
-        plgg_predict(model, fast_cfg, src, out, opts)  # warm-up (oneDNN kernels for both precisions)
+        with torch.inference_mode():  # warm-up: oneDNN picks kernels on first use, for each precision
+            x = torch.zeros(fast_cfg.sw_batch_size, 1, *cfg.patch_size, device=args.device)
+            model(x[:1])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_cfg.use_cpu_bf16() and args.device == "cpu"):
+                model(x)
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             m_naive = naive_monai(model, cfg, src, out / "naive_mask.nii.gz")
@@ -150,16 +159,29 @@ def main(argv=None) -> int:
             "window": list(cfg.patch_size),
             "spacing_mm": list(cfg.spacing_mm),
             "overlap": cfg.sw_overlap,
-            "predict_settings": {"bf16": fast_cfg.cpu_bf16, "sw_batch_size": fast_cfg.sw_batch_size, "crop_to_brain_box": opts.crop},
+            "predict_settings": {"bf16": fast_cfg.use_cpu_bf16() and args.device == "cpu", "sw_batch_size": fast_cfg.sw_batch_size, "crop_to_brain_box": opts.crop},
             "load_average_after": os.getloadavg()[0],
         }
+        brain = np.asarray(nib.load(str(src)).dataobj) > 0
+        r["dice_predict_vs_naive_in_brain"] = dice(m_fast, m_naive & brain)
+        if args.attribute:  # which part changes the mask: the brain box, or bf16 + batched windows?
+            fp32_opts = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1)
+            t0 = time.perf_counter()
+            m_fp32 = plgg_predict(model, inference_config(cfg, fp32_opts), src, out, fp32_opts)
+            r["predict_fp32_sw1_s"] = time.perf_counter() - t0
+            r["dice_bf16_batched_vs_fp32"] = dice(m_fast, m_fp32)
+            r["dice_box_fp32_vs_naive"] = dice(m_fp32, m_naive)
+            print(f"  attribution: bf16+batched vs fp32 (both brain box) Dice {r['dice_bf16_batched_vs_fp32']:.4f}; "
+                  f"brain box vs whole volume (both fp32) Dice {r['dice_box_fp32_vs_naive']:.4f}; "
+                  f"brain box alone: {r['naive_s'] / r['predict_fp32_sw1_s']:.2f}x", flush=True)
         r["speedup"] = r["naive_s"] / r["predict_s"]
         r["dice_delta_vs_truth"] = abs(r["dice_predict_vs_truth"] - r["dice_naive_vs_truth"])
         results[preset] = r
         ok = r["speedup"] >= 4 and r["dice_predict_vs_naive"] >= 0.995
         print(
             f"{preset:>7}: naive MONAI {r['naive_s']:7.1f} s | plgg-fl predict {r['predict_s']:6.1f} s | "
-            f"{r['speedup']:.2f}x | Dice(predict, naive) {r['dice_predict_vs_naive']:.4f} | "
+            f"{r['speedup']:.2f}x | Dice(predict, naive) {r['dice_predict_vs_naive']:.4f} "
+            f"(in brain {r['dice_predict_vs_naive_in_brain']:.4f}) | "
             f"Dice vs truth {r['dice_naive_vs_truth']:.4f} -> {r['dice_predict_vs_truth']:.4f} | "
             f"target {'MET' if ok else 'NOT met'} | load {r['load_average_after']:.1f}",
             flush=True,

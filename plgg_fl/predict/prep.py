@@ -122,16 +122,6 @@ def crop_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarr
     return out
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX), where bf16 autocast is usually faster."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
 def n4_correct(image: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float], shrink: int = 4, iterations: int = 50) -> np.ndarray:
     """N4 bias-field correction (SimpleITK) inside ``brain``; returns the corrected image (0 outside).
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plgg_fl.predict.io import InputError, ScanInput, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
-from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, cpu_has_native_bf16, crop_affine, n4_correct
+from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, n4_correct
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "seconds", "error")
@@ -33,8 +33,8 @@ CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "
 class PredictOptions:
     """``tta`` / ``keep_largest`` / ``n4`` / ``sw_batch_size``: None = the model's default.
 
-    ``device``: auto | cpu | cuda. ``precision``: auto (bf16 autocast on CPUs with native bf16, else
-    the model's setting; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: run the
+    ``device``: auto | cpu | cuda. ``precision``: auto (bf16 autocast on CPUs with native bf16, fp32
+    on other CPUs; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: run the
     model on the brain's bounding box (+ ``margin_mm``) only and paste the result back.
     """
 
@@ -119,6 +119,7 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
         if opts.prob:
             prob = np.zeros(scan.shape, np.float32)
             prob[box] = pred.prob
+            prob[~brain] = 0.0
             written.append(write_like(prob, scan, prob_path, overwrite=opts.overwrite))
     except BaseException:
         for p in written:  # leave no partial set of outputs behind
@@ -140,9 +141,9 @@ def inference_config(cfg: Any, opts: PredictOptions) -> Any:
         changes.update(cpu_bf16=False, amp=False)
     elif opts.precision == "bf16":
         changes["cpu_bf16"] = True
-    elif opts.precision == "auto" and cfg.device == "cpu" and cpu_has_native_bf16():
-        changes["cpu_bf16"] = True
-    elif opts.precision not in ("auto", "fp32", "bf16"):
+    elif opts.precision == "auto":
+        changes["cpu_bf16"] = "auto"  # the engine's rule: on iff the CPU has native bf16
+    else:
         raise ValueError(f"precision must be auto, fp32 or bf16, got {opts.precision!r}")
     return cfg.replace(**changes)
 
