@@ -49,6 +49,8 @@ def test_provision_writes_kits_with_site_policies(tmp_path):
         assert fed_client["servers"][0]["service"]["target"] == "localhost:23456"
         for name in ("privacy.json", "resources.json"):
             assert (kit / "local" / name).read_bytes() == (SITES_DIR / site / "local" / name).read_bytes()
+    server_authz = kits.server / "local" / "authorization.json"
+    assert server_authz.read_bytes() == (SITES_DIR / "server" / "local" / "authorization.json").read_bytes()
     lead = kits.admin_with_role("lead")
     assert api.kit_username(kits.admins[lead]) == lead
     admin_conf = json.loads((kits.admins[lead] / "startup" / "fed_admin.json").read_text())["admin"]
@@ -73,6 +75,16 @@ def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
     assert [type(f).__name__ for f in out_filters] == ["ModelAndScalarsOnly"]
     dp = mgr.get_scope("model_and_scalars_dp").task_result_filters["out"]
     assert type(dp[-1]).__name__ == "ModelAndScalarsOnly"  # the site filter runs last
+
+
+def test_server_policy_lets_the_lead_read_its_job_logs_and_the_member_only_look():
+    from nvflare.security.security import FLAuthorizer
+
+    policy = json.loads((SITES_DIR / "server" / "local" / "authorization.json").read_text())
+    FLAuthorizer("plgg_study", policy)  # NVFlare accepts it
+    perms = policy["permissions"]
+    assert perms["lead"]["submit_job"] == "any" and perms["lead"]["get_job_log"] == "n:submitter"
+    assert perms["member"] == {"view": "any"}
 
 
 def _filtered(dxo: DXO, **kw) -> DXO:

@@ -87,48 +87,74 @@ def follow(session: Session, job_id: str, timeout: float = 0.0, poll: float = 2.
         time.sleep(poll)
 
 
-def download(session: Session, job_id: str, dest: str | Path) -> Path:
+def download(session: Session, job_id: str, dest: str | Path, wait_site_errors: float = 30.0) -> Path:
     """Download a finished job's result into ``dest/<job_id>/`` and return that folder.
 
     Besides NVFlare's server-side result (``workspace/``: global models, metrics, server log), the
-    job logs the sites streamed to the server go to ``site_logs/<site>.log.txt`` (where a site
-    allows log streaming: ``allow_log_streaming`` in its ``local/resources.json``).
+    logs the sites sent to the server go to ``site_logs/`` (where a site allows it:
+    ``allow_log_streaming`` in its ``local/resources.json``): ``<site>.log.txt`` (job logs held by
+    the server) and ``<site>.error_log.txt`` (the site's error log, a job component
+    ``ERRORLOG_<site>``). A site uploads its error log only after the job ended, so for a failed
+    job this waits up to ``wait_site_errors`` seconds for one to arrive.
     """
     result = Path(session.download_job_result(job_id, str(dest)))
     fetch_site_logs(session, job_id, result)
+    failed = session.get_job_meta(job_id).get("status") != "FINISHED:COMPLETED"
+    deadline = time.monotonic() + (wait_site_errors if failed else 0)
+    while not fetch_site_error_logs(session, job_id, result) and time.monotonic() < deadline:
+        time.sleep(2)
     return result
 
 
 def fetch_site_logs(session: Session, job_id: str, result_dir: str | Path) -> dict[str, Path]:
-    """Write the job's site logs (as streamed to the server) into ``result_dir/site_logs/``."""
+    """Write the job logs the server holds (server, and sites that stream them) to ``site_logs/``."""
     try:
         logs = session.get_job_logs(job_id, target="all").get("logs", {})
-    except Exception as e:  # older servers / streaming off: the result is still useful without them
-        log.warning("no site logs for job %s: %s", job_id, e)
+    except Exception as e:  # not authorized / streaming off: the result is still useful without
+        log.warning("no job logs for %s: %s", job_id, e)
         return {}
+    return _write_logs(result_dir, {site: text for site, text in logs.items()}, "log.txt")
+
+
+def fetch_site_error_logs(session: Session, job_id: str, result_dir: str | Path) -> dict[str, Path]:
+    """Write the sites' error logs (job components ``ERRORLOG_<site>``) to ``site_logs/``."""
+    try:
+        comps = [c for c in session.list_job_components(job_id) if c.startswith("ERRORLOG_")]
+        if not comps:
+            return {}
+        location = Path(session.download_job_components(job_id))
+    except Exception as e:
+        log.warning("no site error logs for %s: %s", job_id, e)
+        return {}
+    texts = {f.name[len("ERRORLOG_"):]: f.read_text(errors="replace") for f in location.rglob("ERRORLOG_*")}
+    shutil.rmtree(location, ignore_errors=True)
+    return _write_logs(result_dir, texts, "error_log.txt")
+
+
+def _write_logs(result_dir, texts: dict, suffix: str) -> dict[str, Path]:
     out_dir = Path(result_dir) / "site_logs"
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for site, text in logs.items():
+    for site, text in texts.items():
         if isinstance(text, str) and text:
-            written[site] = out_dir / f"{site}.log.txt"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written[site] = out_dir / f"{site}.{suffix}"
             written[site].write_text(text)
     return written
 
 
-_ERROR_LINE = re.compile(r"\[plgg-fl client\] FAILED|^\S*(Error|Exception): |\bSiteConfigError\b|\bManifestError\b")
+_ERROR_LINE = re.compile(r"\[plgg-fl client\] FAILED|^\S*(Error|Exception): ")
 
 
 def site_errors(result_dir: str | Path, max_lines: int = 5) -> dict[str, list[str]]:
     """Per site, the error lines of its streamed job log (``site_logs/``): who failed and why."""
     out = {}
-    for f in sorted((Path(result_dir) / "site_logs").glob("*.log.txt")):
-        site = f.name[: -len(".log.txt")]
+    for f in sorted((Path(result_dir) / "site_logs").glob("*.txt")):
+        site = f.name.split(".", 1)[0]
         if site == "server":
             continue
         lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if _ERROR_LINE.search(ln.strip())]
         if lines:
-            out[site] = list(dict.fromkeys(lines))[-max_lines:]
+            out[site] = list(dict.fromkeys(out.get(site, []) + lines))[-max_lines:]
     return out
 
 

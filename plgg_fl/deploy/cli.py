@@ -144,7 +144,10 @@ def run_download(args) -> int:
 
     session = api.open_session(_kit(args), args.user)
     try:
-        print(api.download(session, args.job_id, args.out))
+        result = api.download(session, args.job_id, args.out)
+        print(result)
+        for site, lines in api.site_errors(result).items():
+            print(f"site {site} failed: " + " | ".join(lines))
         return 0
     finally:
         session.close()

@@ -79,7 +79,8 @@ def provision(
     """Run ``nvflare provision`` on a host/port-patched copy of ``project_yml`` into ``workspace``.
 
     With ``sites_dir``, each client kit gets the files of ``sites_dir/<site>/local/`` copied into
-    its ``local/`` folder (the site's privacy and resources policies). With ``server_storage``, the
+    its ``local/`` folder (the site's privacy and resources policies), the server kit those of
+    ``sites_dir/server/local/`` (the authorization policy). With ``server_storage``, the
     server keeps its job store and snapshots there instead of NVFlare's default ``/tmp/nvflare``
     (shared by every federation on the machine, and lost on reboot). ``heartbeat_timeout``: seconds
     of silence after which the server drops a client (NVFlare's kit default: 600) - the clock that
@@ -113,6 +114,7 @@ def provision(
     if sites_dir:
         for site, kit in kits.clients.items():
             install_site_policies(kit, Path(sites_dir) / site)
+        install_site_policies(kits.server, Path(sites_dir) / "server")
     return kits
 
 

@@ -1,0 +1,171 @@
+"""A real NVFlare federation on localhost, built from the project's own ``sites/project.yml``.
+
+Provision (host localhost, a free port), start the server and the three site clients as separate
+processes from their startup kits (each site finds the tiny synthetic cohort through its own
+``local/site_config.yaml``), then, through the FLARE API:
+
+* the member may look but is refused when submitting;
+* the lead runs the stepwise chain (stage 1 -> 2 -> 3 -> evaluation), each stage starting from the
+  previous global model, and the results hold the global models and per-site evaluation metrics;
+* a site with broken data fails the job, and the result names the site and the reason;
+* a site killed during a round ends the job (no hang past the dead-site timeout), and after the
+  site restarts the federation runs the next job.
+
+Every process started here is stopped by the fixture's finalizer, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plgg_fl.deploy import api
+from plgg_fl.deploy.federation import LocalFederation, free_port, wait_until
+from plgg_fl.deploy.provision import PROJECT_YML, provision
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "simulator_configs" / "tiny.yaml"
+HEARTBEAT_TIMEOUT = 15.0  # server drops a silent site after this (kit default: 600)
+DEAD_GRACE = 5.0  # the job then waits this long before giving up on it
+JOB_TIMEOUT = 240.0  # no tiny job takes this long on 2 cores; the follow() aborts past it
+
+
+def _write_site_config(kit: Path, manifest: Path) -> Path:
+    path = kit / "local" / "site_config.yaml"
+    path.write_text(yaml.safe_dump({"manifest": str(manifest), "device": "cpu"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    from plgg_fl.synth import generate_cohort
+
+    tmp = tmp_path_factory.mktemp("federation")
+    manifests = generate_cohort(tmp / "cohort", size="tiny", progress=False)
+    kits = provision(tmp / "ws", PROJECT_YML, host="localhost", port=free_port(),
+                     server_storage=tmp / "server_store", heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    for site, kit in kits.clients.items():
+        _write_site_config(kit, manifests[site])
+    federation = LocalFederation(kits)
+    federation.server.env = {"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(DEAD_GRACE)}
+    federation.tmp, federation.manifests = tmp, manifests
+    try:
+        t0 = time.monotonic()
+        federation.start()
+        lead = api.open_session(kits.admins[kits.admin_with_role("lead")], timeout=60)
+        federation.lead = lead
+        wait_until(lambda: len(lead.get_system_info().client_info) == len(kits.clients), 120, 1, "all sites connected")
+        print(f"federation up in {time.monotonic() - t0:.1f}s")
+        yield federation
+        lead.close()
+    except BaseException:
+        print(federation.logs(60))
+        raise
+    finally:
+        federation.stop_all()
+
+
+def _connected(fed) -> set[str]:
+    return {c.name for c in fed.lead.get_system_info().client_info}
+
+
+def _derived_config(fed, name: str, **stage_overrides) -> Path:
+    """tiny.yaml with some stage settings changed (e.g. longer rounds), written next to the cohort."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["cohort"]["dir"] = str(fed.tmp / "cohort")
+    for stage, over in stage_overrides.items():
+        cfg["stages"][stage].update(over)
+    path = fed.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_member_may_look_but_not_submit(fed, tmp_path):
+    kits = fed.kits
+    member = api.open_session(kits.admins[kits.admin_with_role("member")], timeout=30)
+    try:
+        member.list_jobs()  # viewing is allowed
+        job = api.prepare_stage_job("brats_pretrain", TINY, tmp_path / "j")
+        with pytest.raises(Exception, match="not authorized"):
+            member.submit_job(str(job))
+    finally:
+        member.close()
+
+
+def test_lead_runs_the_stepwise_chain(fed):
+    t0 = time.monotonic()
+    logs = []
+    outs = api.run_chain(fed.lead, TINY, fed.tmp / "results", timeout=JOB_TIMEOUT, echo=logs.append)
+    print("\n".join(logs), f"\nchain: {time.monotonic() - t0:.0f}s")
+    assert [o.name for o in outs] == list(api.STAGES), logs
+    assert all(o.ok for o in outs), [(o.name, o.status) for o in outs]
+
+    import torch
+
+    models = {o.name: api.global_model(o.result_dir) for o in outs[:3]}
+    sds = {n: torch.load(p, map_location="cpu", weights_only=False)["model"] for n, p in models.items()}
+    # each stage started from the one before: stage 2 and 3 changed the stage-1/2 weights they got
+    assert set(sds["plgg_finetune"]) == set(sds["brats_pretrain"])
+    assert any(not torch.equal(sds["plgg_finetune"][k], sds["brats_pretrain"][k]) for k in sds["brats_pretrain"])
+
+    from plgg_fl.engine import PlggUNet, encoder_decoder_keys
+
+    enc, dec = encoder_decoder_keys(PlggUNet(preset=yaml.safe_load(TINY.read_text())["preset"]))
+    # stage 3 trained the decoder only, from stage 2's model: encoder bit-identical, decoder moved
+    assert all(torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in enc)
+    assert any(not torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in dec)
+
+    results = json.loads(next(outs[3].result_dir.rglob("cross_val_results.json")).read_text())
+    assert {"cbtn", "dfci_bch"} <= set(results), results
+    for site in ("cbtn", "dfci_bch"):
+        metrics = next(iter(results[site].values()))
+        assert metrics and all(isinstance(v, (int, float)) for v in metrics.values()), (site, metrics)
+
+
+def test_bad_site_data_fails_the_job_naming_the_site(fed):
+    kit = fed.kits.clients["brats"]
+    good = (kit / "local" / "site_config.yaml").read_text()
+    broken = fed.tmp / "broken_manifest.yaml"
+    broken.write_text("this: is not a manifest\n")
+    _write_site_config(kit, broken)
+    try:
+        out = api.submit_and_follow(fed.lead, api.prepare_stage_job("brats_pretrain", TINY, fed.tmp / "bad"),
+                                    fed.tmp / "results_bad", timeout=JOB_TIMEOUT, echo=print)
+    finally:
+        (kit / "local" / "site_config.yaml").write_text(good)
+    assert not out.ok, out
+    errors = api.site_errors(out.result_dir)  # from the site logs streamed to the server
+    assert list(errors) == ["brats"], errors
+    assert "manifest" in " ".join(errors["brats"]).lower(), errors
+
+
+def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
+    # rounds long enough to kill a site while it trains
+    cfg = _derived_config(fed, "slow_finetune", finetune={"local_steps": 200, "num_rounds": 2})
+    job = api.prepare_stage_job("plgg_finetune", cfg, fed.tmp / "slow")
+    job_id = fed.lead.submit_job(str(job))
+    site_log = fed.kits.clients["dfci_bch"] / job_id / "log.txt"
+    wait_until(lambda: site_log.is_file() and "got task assignment: name=train" in site_log.read_text(errors="replace"),
+               180, 1, "dfci_bch to start training")
+    t_kill = time.monotonic()
+    fed.clients["dfci_bch"].kill()
+    meta = api.follow(fed.lead, job_id, timeout=HEARTBEAT_TIMEOUT + DEAD_GRACE + 120, echo=print)
+    ended_after = time.monotonic() - t_kill
+    print(f"job ended {meta['status']} {ended_after:.0f}s after the kill")
+    assert meta["status"].startswith("FINISHED") and meta["status"] != "FINISHED:COMPLETED", meta["status"]
+    assert meta["status"] != "FINISHED:ABORTED", "the job hung until follow() aborted it"
+    result = api.download(fed.lead, job_id, fed.tmp / "results_killed")
+    server_log = "\n".join(p.read_text(errors="replace") for p in result.rglob("log.txt"))
+    assert "dfci_bch" in server_log
+
+    fed.clients["dfci_bch"].start()
+    wait_until(lambda: "dfci_bch" in _connected(fed), 120, 1, "dfci_bch to reconnect")
+    out = api.submit_and_follow(fed.lead, api.prepare_stage_job("plgg_finetune", TINY, fed.tmp / "again"),
+                                fed.tmp / "results_again", timeout=JOB_TIMEOUT, echo=print)
+    assert out.ok, out
