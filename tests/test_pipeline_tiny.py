@@ -68,6 +68,10 @@ def test_evaluation_internal_and_external_per_expert(tiny_run):
             assert 0.0 <= dfci[f"test/groups/model_vs_{expert}/dice/median"] <= 1.0
         assert "test/groups/inter_rater/dice/median" in dfci
     out = tiny_run["out"]
+    for site in ("cbtn", "dfci_bch"):  # per-case rows stay at the site, labelled by model name
+        labels = [json.loads(p.read_text())["model"] for p in (out / "nvflare" / "evaluate").glob(f"*/{site}/**/model.json")]
+        assert sorted(labels) == ["adult_only", "stepwise"]
+        assert len(list((out / "nvflare" / "evaluate").glob(f"*/{site}/**/model_*/test/per_case.csv"))) == 2
     assert (out / "metrics.csv").read_text().count("\n") > 10
     table = (out / "summary.txt").read_text()
     assert "stepwise" in table and "dfci_bch: model_vs_expert2" in table

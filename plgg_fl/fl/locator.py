@@ -20,6 +20,9 @@ from nvflare.app_opt.pt.decomposers import TensorDecomposer
 from nvflare.fuel.utils import fobs
 
 
+MODEL_NAME_META = "plgg_model_name"
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint file (plain, NVFlare ``{"model": ...}`` or engine format)."""
     data = torch.load(path, map_location="cpu", weights_only=False)
@@ -51,4 +54,6 @@ class CheckpointLocator(ModelLocator):
 
     def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
         state = read_state_dict(self.models[model_name])
-        return DXO(data_kind=DataKind.WEIGHTS, data={k: v.cpu().numpy() for k, v in state.items()})
+        # the name travels in the DXO meta, so a site can label its per-case results by model
+        return DXO(data_kind=DataKind.WEIGHTS, data={k: v.cpu().numpy() for k, v in state.items()},
+                   meta={MODEL_NAME_META: model_name})

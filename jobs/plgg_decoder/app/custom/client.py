@@ -16,6 +16,7 @@ settings (``--set key=value``, values parsed as YAML).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import traceback
@@ -114,11 +115,15 @@ def main(argv=None) -> None:
         elif flare.is_evaluate():
             metrics = {}
             n_evaluated += 1
+            model_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}"
+            model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
+            name = (received.meta or {}).get("plgg_model_name", f"model_{n_evaluated}")
+            (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}))
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = usable_cases(manifest, split)
                 if not cases:
                     continue
-                out_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}" / split
+                out_dir = model_dir / split
                 from plgg_fl.engine import evaluate_cases
 
                 _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir, progress=False)
