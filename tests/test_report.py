@@ -216,3 +216,14 @@ def test_review_packet_from_the_run(report_run, tmp_path):
     assert main(["review-packet", "--run", str(run), "--method", "stepwise", "--site", "dfci_bch", "--out", str(out), "-n", "2"]) == 0
     key = list(csv.DictReader((tmp_path / "packet_KEY.csv").open()))
     assert len(key) == 8 and sum(r["source_type"] == "AI" for r in key) == 2
+
+
+def test_report_on_one_sites_own_results(report_run, tmp_path):
+    from plgg_fl.report.build import build_report
+
+    run, full = report_run
+    rep = build_report(run, tmp_path, gallery_k=0, printer=lambda s: None, sites=["dfci_bch"])
+    assert {r["site"] for r in rep["study_table"]} == {"dfci_bch"} and set(rep["multirater"]) == {"dfci_bch"}
+    assert all(k.startswith("dfci_bch/") for k in rep["per_case_csv"])
+    same = {(r["method"], r["dice"]["median"]) for r in full["study_table"] if r["site"] == "dfci_bch"}
+    assert {(r["method"], r["dice"]["median"]) for r in rep["study_table"]} == same

@@ -139,3 +139,18 @@ def test_review_score_cli_and_sheet_errors(tmp_path, capsys):
     bad.write_text("item,score_1_10,acceptable_yes_no,made_by_ai_yes_no\nR000,11,yes,no\n")
     assert main(["review-score", str(bad), "--key", str(kp)]) == 2
     assert "R000" in capsys.readouterr().err
+
+
+def test_small_tables_use_fisher_and_blanks_are_counted(tmp_path):
+    kp, _ = _synthetic_study(tmp_path)
+    sheet = tmp_path / "few.csv"
+    sheet.write_text("rater,item,score_1_10,acceptable_yes_no,made_by_ai_yes_no\n"
+                     "dr_x,R000,9,yes,yes\ndr_x,R001,4,no,no\ndr_x,R002,,yes,\ndr_x,R004,8,yes,no\n")
+    res = score(read_sheets([sheet], read_key(kp)))
+    assert res["raters"] == ["dr_x"] and res["n_ratings"] == 4
+    assert res["acceptable_test"]["test"].startswith("Fisher")
+    assert res["acceptable_test"]["p_value"] == pytest.approx(fisher_exact([[2, 0], [1, 1]])[1])
+    ex = res["by_source"]["expert"]
+    assert ex["blank"] == {"score": 1, "acceptable": 0, "called_ai": 1}
+    assert ex["acceptable"]["percent"] == pytest.approx(50.0) and ex["score"]["n"] == 1
+    assert res["turing"]["ai_identified_percent"] == pytest.approx(50.0)

@@ -110,9 +110,11 @@ def _cards(run, study: list[dict], multi: dict[str, list[dict]]) -> list[tuple]:
     return cards
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_k: int = 3, printer=print) -> dict[str, Any]:
-    """Write the report; returns ``report.json``'s content (tables' numbers, figure paths, provenance)."""
-    run = load_run(run_dir)
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_k: int = 3, printer=print,
+                 sites: list[str] | None = None) -> dict[str, Any]:
+    """Write the report; returns ``report.json``'s content (tables' numbers, figure paths, provenance).
+    ``sites``: only these evaluation sites (a site reporting on its own results)."""
+    run = load_run(run_dir, sites=sites)
     out = Path(out_dir) if out_dir else run.root / "report"
     img, data = out / "img", out / "data"
     img.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     p.add_argument("--gallery", type=int, default=3, metavar="K",
                    help="worst cases of the best method to re-predict and draw (site-side step; 0 = none; default 3)")
+    p.add_argument("--sites", nargs="+", default=None, metavar="SITE",
+                   help="only these evaluation sites' results (a site reporting on its own per-case results)")
     p.set_defaults(func=run_report)
 
 
@@ -19,7 +21,7 @@ def run_report(args: argparse.Namespace) -> int:
     from plgg_fl.report.collect import ReportError
 
     try:
-        build_report(args.run_dir, args.out, gallery_k=args.gallery)
+        build_report(args.run_dir, args.out, gallery_k=args.gallery, sites=args.sites)
     except ReportError as exc:
         print(f"error: {exc}")
         return 2

@@ -145,8 +145,9 @@ def site_results(run_root: Path, site: str, split: str) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.parent.name.split("_")[-1]))
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder. Raises :class:`ReportError` when config.yaml or metrics.json is missing."""
+def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
+    """Read a run folder (only ``sites``' per-case results when given). Raises :class:`ReportError` when
+    config.yaml or metrics.json is missing or a named site is not an evaluation site of the run."""
     root = Path(run_dir).resolve()
     for f in ("config.yaml", "metrics.json"):
         if not (root / f).is_file():
@@ -154,6 +155,11 @@ def load_run(run_dir: str | Path) -> Run:
     run = Run(root=root, config=yaml.safe_load((root / "config.yaml").read_text()) or {},
               metrics=json.loads((root / "metrics.json").read_text()))
     evaluation = run.metrics.get("evaluation", {})
+    if sites:
+        unknown = sorted(set(sites) - set(run.sites))
+        if unknown:
+            raise ReportError(f"{root}: {unknown} not among the run's evaluation sites {run.sites}")
+        run.config.setdefault("evaluate", {})["sites"] = [s for s in run.sites if s in sites]
     for site in run.sites:
         dirs = site_results(root, site, run.split)
         if not dirs:
