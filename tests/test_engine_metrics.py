@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from plgg_fl.engine import PlggUNet, TrainConfig, evaluate_cases
+from plgg_fl.engine import TrainConfig, evaluate_cases
 from plgg_fl.engine.evaluate import compare_models, read_rows
 from plgg_fl.engine.metrics import case_metrics, describe, format_summary, paired_wilcoxon
-from plgg_fl.engine.toydata import affine_for, write_toy_case
+from plgg_fl.engine.toydata import write_toy_case
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
