@@ -16,6 +16,8 @@ from scipy.stats import wilcoxon
 
 from report_tiny_run import METHODS, run_tiny
 
+pytestmark = pytest.mark.slow  # one real tiny pipeline run (NVFlare simulator), shared by the module
+
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
@@ -161,32 +163,15 @@ def test_cli_report_and_bad_run_folder(report_run, tmp_path, capsys):
     assert "not found" in capsys.readouterr().out
 
 
-def test_model_folders_matched_by_sent_scalars_not_by_order():
-    from plgg_fl.report.collect import _match
+def test_report_on_one_sites_own_results(report_run, tmp_path):
+    from plgg_fl.report.build import build_report
 
-    sent = {"stepwise": {"test/groups/model_vs_ref/dice/median": 0.5, "test/n_cases": 2.0},
-            "scratch": {"test/groups/model_vs_ref/dice/median": 0.25, "test/n_cases": 2.0}}
-    assert _match({"test/groups/model_vs_ref/dice/median": 0.25, "test/n_cases": 2.0}, sent) == "scratch"
-    assert _match({"test/n_cases": 2.0}, sent) is None  # ambiguous -> caller falls back to the pipeline's order
-
-
-def test_study_values_average_references_and_keep_undefined_hd95_out():
-    from plgg_fl.report.tables import model_values, study_table
-
-    nan = float("nan")
-    rows = [{"key": "k1", "comparison": "model_vs_e1", "a": "model", "b": "e1", "dice": 0.8, "hd95_mm": nan},
-            {"key": "k1", "comparison": "model_vs_e2", "a": "model", "b": "e2", "dice": 0.6, "hd95_mm": 4.0},
-            {"key": "k2", "comparison": "model_vs_e1", "a": "model", "b": "e1", "dice": 0.0, "hd95_mm": nan},
-            {"key": "k2", "comparison": "model_vs_e2", "a": "model", "b": "e2", "dice": 0.0, "hd95_mm": nan},
-            {"key": "k1", "comparison": "e1_vs_e2", "a": "e1", "b": "e2", "dice": 0.9, "hd95_mm": 1.0}]
-    assert model_values(rows, "dice") == {"k1": pytest.approx(0.7), "k2": 0.0}
-    h = model_values(rows, "hd95_mm")
-    assert h["k1"] == 4.0 and math.isnan(h["k2"])
-    for r in rows:
-        r.update(surface_dice=r["dice"], vol_diff_ml=1.0)
-    (row,) = study_table({("s", "stepwise"): rows}, ["s"], ["stepwise"])
-    assert row["n"] == 2 and row["hd95_mm"]["n"] == 1 and row["hd95_mm"]["n_undefined"] == 1
-    assert math.isnan(row["p_vs_scratch"])  # no scratch in this run
+    run, full = report_run
+    rep = build_report(run, tmp_path, gallery_k=0, printer=lambda s: None, sites=["dfci_bch"])
+    assert {r["site"] for r in rep["study_table"]} == {"dfci_bch"} and set(rep["multirater"]) == {"dfci_bch"}
+    assert all(k.startswith("dfci_bch/") for k in rep["per_case_csv"])
+    same = {(r["method"], r["dice"]["median"]) for r in full["study_table"] if r["site"] == "dfci_bch"}
+    assert {(r["method"], r["dice"]["median"]) for r in rep["study_table"]} == same
 
 
 def test_plotted_numbers_equal_per_case_csvs_and_site_reports(report_run):
@@ -216,14 +201,3 @@ def test_review_packet_from_the_run(report_run, tmp_path):
     assert main(["review-packet", "--run", str(run), "--method", "stepwise", "--site", "dfci_bch", "--out", str(out), "-n", "2"]) == 0
     key = list(csv.DictReader((tmp_path / "packet_KEY.csv").open()))
     assert len(key) == 8 and sum(r["source_type"] == "AI" for r in key) == 2
-
-
-def test_report_on_one_sites_own_results(report_run, tmp_path):
-    from plgg_fl.report.build import build_report
-
-    run, full = report_run
-    rep = build_report(run, tmp_path, gallery_k=0, printer=lambda s: None, sites=["dfci_bch"])
-    assert {r["site"] for r in rep["study_table"]} == {"dfci_bch"} and set(rep["multirater"]) == {"dfci_bch"}
-    assert all(k.startswith("dfci_bch/") for k in rep["per_case_csv"])
-    same = {(r["method"], r["dice"]["median"]) for r in full["study_table"] if r["site"] == "dfci_bch"}
-    assert {(r["method"], r["dice"]["median"]) for r in rep["study_table"]} == same
