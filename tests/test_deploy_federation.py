@@ -86,11 +86,15 @@ def _derived_config(fed, name: str, **stage_overrides) -> Path:
     return path
 
 
-def test_member_may_look_but_not_submit(fed, tmp_path):
+def test_member_may_look_but_not_submit(fed, tmp_path, capsys):
     kits = fed.kits
-    member = api.open_session(kits.admins[kits.admin_with_role("member")], timeout=30)
+    member_kit = kits.admins[kits.admin_with_role("member")]
+    from plgg_fl.cli import main
+
+    assert main(["status", "--kit", str(member_kit)]) == 0  # plgg-fl status: viewing is allowed
+    assert "sites connected: brats, cbtn, dfci_bch" in capsys.readouterr().out
+    member = api.open_session(member_kit, timeout=30)
     try:
-        member.list_jobs()  # viewing is allowed
         job = api.prepare_stage_job("brats_pretrain", TINY, tmp_path / "j")
         with pytest.raises(Exception, match="not authorized"):
             member.submit_job(str(job))
@@ -120,6 +124,11 @@ def test_lead_runs_the_stepwise_chain(fed):
     # stage 3 trained the decoder only, from stage 2's model: encoder bit-identical, decoder moved
     assert all(torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in enc)
     assert any(not torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in dec)
+
+    # every site enforced its own privacy scope (sites/<site>/local/privacy.json) on what it sent
+    for site in ("cbtn", "dfci_bch"):
+        site_log = (fed.kits.clients[site] / outs[1].job_id / "log.txt").read_text(errors="replace")
+        assert "site policy ModelAndScalarsOnly" in site_log, site
 
     results = json.loads(next(outs[3].result_dir.rglob("cross_val_results.json")).read_text())
     assert {"cbtn", "dfci_bch"} <= set(results), results
@@ -166,6 +175,8 @@ def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
 
     fed.clients["dfci_bch"].start()
     wait_until(lambda: "dfci_bch" in _connected(fed), 120, 1, "dfci_bch to reconnect")
-    out = api.submit_and_follow(fed.lead, api.prepare_stage_job("plgg_finetune", TINY, fed.tmp / "again"),
+    # the next job, at the restarted site (alone: one job process less on 2 cores)
+    cfg = _derived_config(fed, "restarted_site", finetune={"sites": ["dfci_bch"]})
+    out = api.submit_and_follow(fed.lead, api.prepare_stage_job("plgg_finetune", cfg, fed.tmp / "again"),
                                 fed.tmp / "results_again", timeout=JOB_TIMEOUT, echo=print)
     assert out.ok, out

@@ -75,6 +75,7 @@ class ModelAndScalarsOnly(Filter):
         super().__init__()
         self.allowed_keys_from = allowed_keys_from
         self._allowed = None
+        self._announced = False
 
     def _allowed_keys(self):
         if self.allowed_keys_from and self._allowed is None:
@@ -86,6 +87,9 @@ class ModelAndScalarsOnly(Filter):
         return self._allowed
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if not self._announced:  # once per job process: the site log shows the policy is in force
+            self.log_info(fl_ctx, "site policy ModelAndScalarsOnly: only model tensors and scalar metrics leave")
+            self._announced = True
         try:
             dxo = from_shareable(shareable)
         except Exception:
