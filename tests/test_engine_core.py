@@ -26,7 +26,7 @@ from plgg_fl.engine.train import deep_supervision_weights
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 # Native grid 1.5 mm; tiny config resamples to 2 mm -> ~30^3 voxels after cropping to the brain.
-FAST = dict(optimizer="adamw", lr=3e-3, augment=False, max_steps=40, sw_batch_size=4)
+FAST = dict(optimizer="adamw", lr=5e-3, augment=False, max_steps=25, sw_batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def toy_cases(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(toy_cases):
-    """A tiny model trained for 40 steps on the toy cases, and its untrained twin."""
+    """A tiny model trained for 25 steps on the toy cases (Dice ~0.75), and its untrained twin."""
     torch.manual_seed(0)
     untrained = PlggUNet("tiny")
     model = PlggUNet("tiny")
     model.load_state_dict(untrained.state_dict())
     cfg = TrainConfig.for_preset("tiny", **FAST)
     trainer = Trainer(model, cfg, toy_cases, progress=False)
-    trainer.train_steps(40)
+    trainer.train_steps(25)
     return trainer, untrained, cfg
 
 
