@@ -4,11 +4,12 @@ simulator) into a temporary folder.
 Evaluation: by default the pipeline's own NVFlare evaluation job. With ``PLGG_REPORT_INPROCESS_EVAL=1`` the
 sites' evaluation is done in-process instead, with the same engine call the client script makes
 (``evaluate_cases`` on each site's usable test cases, every method's final checkpoint, per-case rows into
-``<site workspace>/plgg_results/<job>/model_<n>/test/``) - a stand-in while the evaluation job cannot run.
+``<site workspace>/plgg_results/<job>/model_<n>/test/``, labelled by ``model_<n>/model.json``) - a stand-in while the evaluation job cannot run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class InProcessEvalPipeline(Pipeline):
             for n, (method, ckpt) in enumerate(finals.items(), start=1):
                 model = PlggUNet(preset=cfg.preset)
                 model.load_state_dict(read_state_dict(str(ckpt)))
+                (ws / f"model_{n}").mkdir(parents=True, exist_ok=True)
+                (ws / f"model_{n}" / "model.json").write_text(json.dumps({"model": method, "order": n}))
                 _, summary = evaluate_cases(model, cases, tcfg, out_dir=ws / f"model_{n}" / "test", progress=False)
                 out.setdefault(site, {})[method] = _flatten(summary, "test/")
         self.stages.append({"method": "evaluate", "job": "in_process", "sites": cfg.eval_sites, "wall_s": 0.0})

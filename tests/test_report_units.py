@@ -33,3 +33,40 @@ def test_study_values_average_references_and_keep_undefined_hd95_out():
     (row,) = study_table({("s", "stepwise"): rows}, ["s"], ["stepwise"])
     assert row["n"] == 2 and row["hd95_mm"]["n"] == 1 and row["hd95_mm"]["n_undefined"] == 1
     assert math.isnan(row["p_vs_scratch"])  # no scratch in this run
+
+
+def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict):
+    """A run folder by hand: site 's', one case; model_<n> labelled ``name`` with Dice ``d``."""
+    import json
+
+    from plgg_fl.engine.evaluate import summarise, write_json, write_rows
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.yaml").write_text("name: fake\nevaluate: {sites: [s], splits: test}\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"evaluation": {"s": sent}, "summary": [{"method": m} for m in sent]}))
+    for n, (name, d) in enumerate(models, start=1):
+        base = tmp_path / "nvflare/evaluate/plgg_evaluate/s/plgg_results/simulate_job" / f"model_{n}"
+        rows = [{"key": "k1", "comparison": "model_vs_ref", "a": "model", "b": "ref", "dice": d, "hd95_mm": 1.0,
+                 "surface_dice": d, "sensitivity": d, "precision": d, "vol_pred_ml": 1.0, "vol_ref_ml": 1.0, "vol_diff_ml": 0.0,
+                 "hd95_defined": True, "pred_empty": False, "ref_empty": False, "spacing_mm": "1x1x1"}]
+        write_rows(rows, base / "test" / "per_case.csv")
+        write_json(summarise(rows), base / "test" / "summary.json")
+        (base / "model.json").write_text(json.dumps({"model": name, "order": n}))
+
+
+def test_result_folders_take_the_label_checked_against_the_numbers(tmp_path):
+    from plgg_fl.report.collect import load_run
+
+    key = "test/groups/model_vs_ref/dice/median"
+    # labels right, numbers unique
+    _fake_run(tmp_path / "a", [("scratch", 0.2), ("stepwise", 0.6)], {"stepwise": {key: 0.6}, "scratch": {key: 0.2}})
+    run = load_run(tmp_path / "a")
+    assert run.per_case[("s", "stepwise")][0]["dice"] == 0.6 and not run.notes
+    # identical numbers: the label decides
+    _fake_run(tmp_path / "b", [("scratch", 0.5), ("stepwise", 0.5)], {"stepwise": {key: 0.5}, "scratch": {key: 0.5}})
+    run = load_run(tmp_path / "b")
+    assert set(run.per_case) == {("s", "scratch"), ("s", "stepwise")} and not run.notes
+    # a label that contradicts the numbers loses, and is noted
+    _fake_run(tmp_path / "c", [("stepwise", 0.2), ("scratch", 0.6)], {"stepwise": {key: 0.6}, "scratch": {key: 0.2}})
+    run = load_run(tmp_path / "c")
+    assert run.per_case[("s", "stepwise")][0]["dice"] == 0.6 and len(run.notes) == 2

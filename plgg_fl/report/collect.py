@@ -12,10 +12,11 @@ Per-case rows never leave a site in a real federation. In the simulator every si
 on one machine, so the report reads them all; at a real site, run the report's per-case parts on that
 site's own ``plgg_results`` and share only aggregates.
 
-The evaluation job numbers the models a site scored (``model_1``, ``model_2``, ...). Which method
-each is, is found by matching the folder's ``summary.json`` scalars against the scalars the site sent
-(``metrics.json`` ``evaluation[site][method]``), which are the same numbers; the order in which the
-pipeline listed its models is the fallback.
+The evaluation job numbers the models a site scored (``model_1``, ``model_2``, ...) and labels each
+folder with ``model.json`` (the model name the server sent). The report checks that label against the
+numbers: the folder's ``summary.json`` scalars must equal the scalars the site sent for that method
+(``metrics.json`` ``evaluation[site][method]``). A unique numeric match wins (a disagreeing label is
+noted), then the label, then the order in which the pipeline listed its models (noted).
 """
 
 from __future__ import annotations
@@ -170,7 +171,12 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
         order = [m for m in pipeline_order if m in sent] or pipeline_order
         for i, d in enumerate(dirs):
             summ = d / "summary.json"
-            method = _match(_flatten(json.loads(summ.read_text()), f"{run.split}/"), sent) if summ.is_file() else None
+            matched = _match(_flatten(json.loads(summ.read_text()), f"{run.split}/"), sent) if summ.is_file() else None
+            label = d.parent / "model.json"  # written by the client: the model name the server sent
+            named = json.loads(label.read_text()).get("model") if label.is_file() else None
+            if named and matched and named != matched:
+                run.notes.append(f"{site}: {d.parent.name} is labelled {named!r} but its results match {matched!r}; using {matched!r}")
+            method = matched or (named if named in sent or not sent else None)
             if method is None:
                 method = order[i] if i < len(order) else f"model_{i + 1}"
                 run.notes.append(f"{site}: {d.parent.name} taken as {method!r} by order (scalars did not identify it)")
