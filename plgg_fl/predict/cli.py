@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None, help="N4 bias-field correction first (default: the model's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 autocast on CPUs with native bf16 (AVX512_BF16/AMX), else the model's setting")
+                   help="auto: bf16 autocast on CPUs with native bf16 (AVX512_BF16/AMX), else fp32; CUDA: the model's fp16 AMP")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the model's)")
     p.add_argument("--no-crop", dest="crop", action="store_false", help="run the model on the whole volume, not the brain box")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
