@@ -99,7 +99,7 @@ def main(argv=None) -> None:
             before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in send_keys}
             out = trainer.train_steps(args.local_steps, progress=False)
             metrics["train_loss"] = float(out["loss"])
-            after = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in send_keys}
+            after = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in send_keys}
             if args.send == "diff":
                 params, ptype = {k: after[k] - before[k].cpu() for k in send_keys}, ParamsType.DIFF
             else:
