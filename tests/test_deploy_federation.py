@@ -55,19 +55,20 @@ def fed(tmp_path_factory):
     federation = LocalFederation(kits)
     federation.server.env = {"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(DEAD_GRACE)}
     federation.tmp, federation.manifests = tmp, manifests
+    federation.lead = None
     try:
         t0 = time.monotonic()
         federation.start()
-        lead = api.open_session(kits.admins[kits.admin_with_role("lead")], timeout=60)
-        federation.lead = lead
+        federation.lead = lead = api.open_session(kits.admins[kits.admin_with_role("lead")], timeout=60)
         wait_until(lambda: len(lead.get_system_info().client_info) == len(kits.clients), 120, 1, "all sites connected")
         print(f"federation up in {time.monotonic() - t0:.1f}s")
         yield federation
-        lead.close()
     except BaseException:
         print(federation.logs(60))
         raise
     finally:
+        if federation.lead is not None:
+            federation.lead.close()  # an open session keeps reconnecting (and the interpreter alive)
         federation.stop_all()
 
 

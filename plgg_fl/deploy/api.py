@@ -28,6 +28,8 @@ from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 log = logging.getLogger(__name__)
 
 TERMINAL_PREFIX = "FINISHED"
+#: job ends after which a site's error log is worth waiting for (not COMPLETED, not ABORTED by a user)
+FAILED_STATUSES = ("FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL")
 #: stage order of the stepwise pipeline; each training stage starts from the one before
 STAGES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
 INITIAL_MODEL_NAME = "initial_model.pt"
@@ -99,7 +101,7 @@ def download(session: Session, job_id: str, dest: str | Path, wait_site_errors: 
     """
     result = Path(session.download_job_result(job_id, str(dest)))
     fetch_site_logs(session, job_id, result)
-    failed = session.get_job_meta(job_id).get("status") != "FINISHED:COMPLETED"
+    failed = session.get_job_meta(job_id).get("status") in FAILED_STATUSES
     deadline = time.monotonic() + (wait_site_errors if failed else 0)
     while not fetch_site_error_logs(session, job_id, result) and time.monotonic() < deadline:
         time.sleep(2)
