@@ -14,7 +14,7 @@ sites' validation Dice of the received global model (``best_FL_global_model.pt``
 ``IntimeModelSelector`` with ``key_metric="val_dice"``), both in the server's app folder.
 
 **Initial weights.** A job folder holds no path. The committed ``jobs/`` folders initialise from the
-model class (``plgg_fl.engine.PlggUNet(preset=...)``); to start from a previous stage's model,
+model class (``plgg_fl.fl.model.SeededPlggUNet(preset=..., seed=...)``, a seeded PlggUNet); to start from a previous stage's model,
 build the recipe with ``initial_ckpt=<absolute path on the server>`` - the pipeline does this for
 each stage at run time, and ``plgg-fl jobs export --initial-ckpt PATH --out DIR`` writes such a
 copy for a real federation (``plgg_evaluate`` likewise needs ``--model NAME=PATH``: the models to
@@ -53,7 +53,7 @@ from plgg_fl.fl.locator import CheckpointLocator
 CLIENT_SCRIPT = "client.py"
 SCRIPT_DIR = Path(__file__).resolve().parent
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-MODEL_CLASS = "plgg_fl.engine.PlggUNet"
+MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
 JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
 # One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
@@ -95,9 +95,9 @@ class StageOptions:
         return asdict(self)
 
 
-def model_config(preset: str) -> dict[str, Any]:
+def model_config(preset: str, seed: int = 0) -> dict[str, Any]:
     """The model as NVFlare rebuilds it on the server: class path + plain constructor args."""
-    return {"class_path": MODEL_CLASS, "args": {"preset": preset}}
+    return {"class_path": MODEL_CLASS, "args": {"preset": preset, "seed": int(seed)}}
 
 
 def client_args(stage: str, opts: StageOptions, extra: str = "") -> str:
@@ -196,7 +196,7 @@ def training_recipe(
         name=name,
         sites=sites,
         fedprox_mu=opts.fedprox_mu,
-        model=model_config(opts.preset),
+        model=model_config(opts.preset, opts.train.get("seed", 0)),
         initial_ckpt=initial_ckpt,
         num_rounds=opts.num_rounds,
         train_script=CLIENT_SCRIPT,
