@@ -5,7 +5,8 @@ mask. Both paths use the same network, window (the preset's patch), overlap (0.5
 weighting; the naive path is MONAI as documented: load -> orient -> resample -> z-score ->
 ``sliding_window_inference`` over the whole volume (fp32, one window per forward) -> invert -> save.
 The predict path adds: the model runs on the brain's bounding box only, bf16 autocast on CPUs with
-native bf16 (``--precision auto``), several windows per forward.
+native bf16 (``--precision auto``), the model's windows per forward (2 for small/nnunet) - i.e.
+exactly what ``plgg-fl predict`` does by default.
 
 Models: ``small`` (the demo preset) and ``nnunet``, each trained for a few dozen steps on bright-blob
 volumes so the masks are non-trivial (speed does not depend on the weights; the agreement check
@@ -31,7 +32,7 @@ import torch
 
 SHAPE, SPACING = (240, 240, 155), (1.0, 1.0, 1.0)
 #: preset -> (training patch, training spacing mm, steps, blob cases) for the brief training
-TRAIN = {"tiny": ((32,) * 3, None, 40, 3), "small": ((32,) * 3, None, 60, 3), "nnunet": ((64,) * 3, (1.0,) * 3, 16, 2)}
+TRAIN = {"tiny": ((32,) * 3, None, 40, 3), "small": ((32,) * 3, None, 40, 3), "nnunet": ((64,) * 3, (1.0,) * 3, 16, 2)}
 
 
 def make_volume(path: Path, seed: int = 7) -> np.ndarray:
@@ -50,18 +51,16 @@ def get_model(preset: str, work: Path, device: str = "cpu"):
     from plgg_fl.predict.toy import train_blob_model
 
     patch, spacing, steps, n = TRAIN[preset]
-    ckpt = work / f"{preset}_blobs.pt"
+    ckpt = work / f"{preset}_blobs_v4.pt"
     if not ckpt.exists():
         t0 = time.perf_counter()
         sp = spacing or PRESET_DEFAULTS[preset]["spacing_mm"]
         fov = [int(round(2 * p * s)) for p, s in zip(patch, sp)]  # blobs twice the patch's field of view
-        # brain ~60% of the field of view and no crop in training: the model also sees wide background,
-        # as the naive whole-volume path will show it (a model trained on brain crops only has never
-        # seen all-background windows and may call them tumour, which would make the baseline unfair)
-        blob_kw = dict(shape_ras=tuple(fov), spacing_mm=(1.0,) * 3, brain_semi_mm=tuple(0.3 * f for f in fov))
+        # the engine's own preprocessing (crop to the brain box, z-score over the brain), as real models
+        blob_kw = dict(shape_ras=tuple(fov), spacing_mm=(1.0,) * 3)
         train_blob_model(
             ckpt, preset=preset, steps=steps, n_cases=n, blob_kw=blob_kw, patch_size=patch,
-            batch_size=1 if preset == "nnunet" else 2, crop_to_brain=False, foreground_ratio=0.4, device=device,
+            batch_size=1 if preset == "nnunet" else 2, device=device,
         )
         print(f"  trained {preset} for {steps} steps in {time.perf_counter() - t0:.0f} s -> {ckpt}", flush=True)
     model, cfg, _ = load_checkpoint(ckpt, device=device)
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per path (median reported)")
     ap.add_argument("--work", default="/tmp/plgg_bench", help="scratch folder (cached checkpoints, outputs)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    ap.add_argument("--sw-batch-size", type=int, default=4)
+    ap.add_argument("--sw-batch-size", type=int, help="windows per forward for predict (default: the model's, as plgg-fl predict)")
     ap.add_argument("--device", default="cpu", help="cpu (the target) or cuda (predict then uses the model's fp16 AMP)")
     ap.add_argument("--attribute", action="store_true", help="also time predict at fp32 / 1 window per forward")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy shared CPU)")
@@ -167,7 +166,7 @@ def main(argv=None) -> int:
             "window": list(cfg.patch_size),
             "spacing_mm": list(cfg.spacing_mm),
             "overlap": cfg.sw_overlap,
-            "predict_settings": {"bf16": fast_cfg.use_cpu_bf16() and args.device == "cpu", "sw_batch_size": fast_cfg.sw_batch_size, "crop_to_brain_box": opts.crop},
+            "predict_settings": {"bf16": fast_cfg.use_cpu_bf16() and args.device == "cpu", "sw_batch_size": fast_cfg.sw_batch_size, "crop_to_brain_box": cfg.crop_to_brain if opts.crop is None else opts.crop},
             "load_average_after": os.getloadavg()[0],
         }
         brain = np.asarray(nib.load(str(src)).dataobj) > 0
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
             r["predict_fp32_sw1_s"] = time.perf_counter() - t0
             r["dice_bf16_batched_vs_fp32"] = dice(m_fast, m_fp32)
             r["dice_box_fp32_vs_naive"] = dice(m_fp32, m_naive)
-            plain = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1, crop=False)
+            plain = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1, crop=False)  # engine as is
             m_plain = plgg_predict(model, inference_config(cfg, plain), src, out, plain)
             r["dice_precrop_vs_engine_plain"] = dice(m_fp32, m_plain)
             print(f"  attribution: bf16+batched vs fp32 (both brain box) Dice {r['dice_bf16_batched_vs_fp32']:.4f}; "

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast on CPUs with native bf16 (AVX512_BF16/AMX), else fp32; CUDA: the model's fp16 AMP")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the model's)")
-    p.add_argument("--no-crop", dest="crop", action="store_false", help="run the model on the whole volume, not the brain box")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut the brain box out before preprocessing (default: iff the model crops to the brain)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)

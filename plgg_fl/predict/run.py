@@ -34,8 +34,9 @@ class PredictOptions:
     """``tta`` / ``keep_largest`` / ``n4`` / ``sw_batch_size``: None = the model's default.
 
     ``device``: auto | cpu | cuda. ``precision``: auto (bf16 autocast on CPUs with native bf16, fp32
-    on other CPUs; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: run the
-    model on the brain's bounding box (+ ``margin_mm``) only and paste the result back.
+    on other CPUs; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: cut the brain's
+    bounding box (+ ``margin_mm``) out of the input before the engine's chain and paste the result
+    back; None = iff the model crops to the brain anyway (``crop_to_brain``), so it only saves work.
     """
 
     tta: bool | None = None
@@ -49,7 +50,7 @@ class PredictOptions:
     progress: bool = True
     precision: str = "auto"
     sw_batch_size: int | None = None
-    crop: bool = True
+    crop: bool | None = None
     margin_mm: float = 8.0
 
 
@@ -107,7 +108,8 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     n4 = opts.n4 if opts.n4 is not None else bool(cfg.extra.get("n4", False))
     if n4:
         image = n4_correct(image, brain, scan.spacing_mm)
-    box = brain_box(brain, scan.affine, opts.margin_mm) if opts.crop else tuple(slice(0, n) for n in scan.shape)
+    crop = cfg.crop_to_brain if opts.crop is None else opts.crop
+    box = brain_box(brain, scan.affine, opts.margin_mm) if crop else tuple(slice(0, n) for n in scan.shape)
     sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
     pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
     mask = np.zeros(scan.shape, np.uint8)

@@ -72,7 +72,8 @@ def train_blob_model(
     out = Path(out)
     data = out.parent / f"{out.stem}_blobs"
     cases = [write_blob_case(data, f"blob{i}", seed=seed + i, **(blob_kw or {})) for i in range(n_cases)]
-    kw = dict(augment=False, foreground_ratio=0.5, lr=0.01, optimizer="adamw", max_steps=steps, seed=seed, device="cpu")
+    # fp32 training: with the engine's cpu_bf16="auto", 40 steps of `small` learned nothing on blobs
+    kw = dict(augment=False, foreground_ratio=0.5, lr=0.01, optimizer="adamw", max_steps=steps, seed=seed, device="cpu", cpu_bf16=False)
     kw.update(cfg_overrides)
     cfg = TrainConfig.for_preset(preset, **kw)
     import torch
