@@ -60,10 +60,10 @@ class Participant:
             (self.kit / flag).unlink(missing_ok=True)
         env = {**os.environ, **self.env}
         env.setdefault("MALLOC_ARENA_MAX", "2")
-        # Jobs ship their client script as custom/plgg_fl/fl/client.py; in a job process that folder
-        # is a namespace-package portion named plgg_fl which shadows an *editable* install (found
-        # by a meta-path finder, after sys.path). A regular package on sys.path wins over namespace
-        # portions, so put the folder holding this plgg_fl package on PYTHONPATH.
+        # Job processes import plgg_fl classes. Put the folder holding *this* plgg_fl first on
+        # PYTHONPATH, so a trial federation runs this source tree's code, also where plgg_fl is an
+        # editable install (found by a meta-path finder after sys.path, so a job's custom/ folder
+        # with a plgg_fl/ sub-folder - as earlier job exports had - would otherwise shadow it).
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
