@@ -63,8 +63,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("jobs", help="NVFlare job folders: export (regenerate jobs/) or check for drift")
     sub = p.add_subparsers(dest="jobs_command", metavar="ACTION")
     e = sub.add_parser("export", help="write the stage jobs (default: jobs/ from simulator_configs/paper.yaml)")
-    e.add_argument("--out", default=None, help="output folder (default: jobs/ of the source tree)")
-    e.add_argument("--config", default=None, help="settings (default: simulator_configs/paper.yaml)")
+    e.add_argument("--out", default=None, help="output folder (default: ./jobs)")
+    e.add_argument("--config", default=None, help="settings: a YAML or a name in simulator_configs/ (default: paper)")
     e.add_argument("--stage", nargs="+", choices=recipes.JOB_NAMES, default=None, help="only these jobs")
     e.add_argument("--initial-ckpt", default=None, help="absolute server path of the starting model (training jobs)")
     e.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="plgg_evaluate: a model to score")
@@ -74,9 +74,10 @@ def register(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    root = recipes.PACKAGE_ROOT
-    out = Path(args.out) if args.out else root / "jobs"
-    config = Path(args.config) if args.config else root / "simulator_configs" / "paper.yaml"
+    from plgg_fl.pipeline.cli import find_config
+
+    out = Path(args.out or "jobs")
+    config = find_config(args.config or "paper")
     models = dict(m.split("=", 1) for m in args.model)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +89,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 1 if drift else 0
     for path in export_jobs(out, config, args.stage, args.initial_ckpt, models or None):
         print(f"exported {path}")
-    if args.initial_ckpt is None and not models and out.resolve() != (root / "jobs").resolve():
+    if args.initial_ckpt is None and not models and out.resolve() != (recipes.PACKAGE_ROOT / "jobs").resolve():
         print("note: no --initial-ckpt / --model given: training jobs start from the model class, plgg_evaluate has no model",
               file=sys.stderr)
     return 0
