@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rc = subprocess.call([sys.executable, "-m", "plgg_fl.cli", "demo", "--config", args.config], cwd=out,
-                         stdout=open(out / "demo.log", "w"), stderr=subprocess.STDOUT)
+                         stdout=open(out / "demo.log", "w", encoding="utf-8"), stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     res = {"rc": rc, "wall_s": round(wall, 1), "ratio_to_target": round(wall / TARGET_S, 3),

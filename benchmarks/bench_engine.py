@@ -252,7 +252,7 @@ def main() -> None:
                 "choice": {"infer_bf16": bi, "infer_channels_last": ci, "train_bf16": bt, "train_channels_last": ct},
             }
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        args.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

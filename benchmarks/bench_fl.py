@@ -75,7 +75,7 @@ def bench_overhead(args, manifests, work: Path) -> dict:
 def _sent_bytes(record_dir: Path, job: str) -> list[int]:
     out = []
     for f in sorted((record_dir / job).glob("*.jsonl")):
-        for line in f.read_text().splitlines():
+        for line in f.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             if r["task"] != "train" or "data" not in r:
                 continue

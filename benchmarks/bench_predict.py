@@ -199,7 +199,7 @@ def main(argv=None) -> int:
             f"target {'MET' if ok else 'NOT met'} | load {r['load_average_after']:.1f}",
             flush=True,
         )
-    (work / "bench_predict.json").write_text(json.dumps(results, indent=2))
+    (work / "bench_predict.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"results -> {work / 'bench_predict.json'}")
     return 0
 

@@ -52,7 +52,7 @@ class InProcessEvalPipeline(Pipeline):
                 model = PlggUNet(preset=cfg.preset)
                 model.load_state_dict(read_state_dict(str(ckpt)))
                 (ws / f"model_{n}").mkdir(parents=True, exist_ok=True)
-                (ws / f"model_{n}" / "model.json").write_text(json.dumps({"model": method, "order": n}))
+                (ws / f"model_{n}" / "model.json").write_text(json.dumps({"model": method, "order": n}), encoding="utf-8")
                 _, summary = evaluate_cases(model, cases, tcfg, out_dir=ws / f"model_{n}" / "test", progress=False)
                 out.setdefault(site, {})[method] = _flatten(summary, "test/")
         self.stages.append({"method": "evaluate", "job": "in_process", "sites": cfg.eval_sites, "wall_s": 0.0})

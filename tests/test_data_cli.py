@@ -27,7 +27,7 @@ def test_import_then_check_passes(tmp_path, data_write_nifti, data_case_arrays, 
     stdout = capsys.readouterr().out
     assert rc == 0
     assert stdout.strip().splitlines()[-1] == "cbtn: 6 cases, 6 usable, 0 errors, 0 warnings"
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert report["n_usable"] == 6 and report["problems"] == []
 
 
@@ -49,7 +49,7 @@ def test_check_exits_1_on_an_unusable_case_and_prints_one_line_per_problem(
     assert lines[0].startswith("ERROR s2 s2_t2.nii.gz: truncated or corrupt gzip (")
     assert lines[1].startswith("WARNING s4 s4_seg_r2.nii.gz: empty reference mask (rater r2) in a train case")
     assert lines[-1] == "src: 6 cases, 5 usable, 1 errors, 1 warnings"
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert report["unusable"] == ["s2"] and {p["code"] for p in report["problems"]} == {"corrupt", "empty_mask"}
     # warnings alone do not make the check fail
     (src / "s2_t2.nii.gz").write_bytes(good)
@@ -58,7 +58,7 @@ def test_check_exits_1_on_an_unusable_case_and_prints_one_line_per_problem(
 
 def test_check_invalid_manifest_and_import_errors_exit_2(tmp_path, capsys):
     bad = tmp_path / "m.yaml"
-    bad.write_text("site: x\ncases:\n  - key: a\n    split: training\n    image: a.nii.gz\n")
+    bad.write_text("site: x\ncases:\n  - key: a\n    split: training\n    image: a.nii.gz\n", encoding="utf-8")
     assert main(["data", "check", str(bad)]) == 2
     assert "'split' must be one of" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -62,7 +62,7 @@ def test_brats_import(brats_tree, tmp_path, caplog):
     assert [(c.key, c.split, c.image, c.masks) for c in loaded.cases] == [
         (c.key, c.split, c.image.resolve(), {r: p.resolve() for r, p in c.masks.items()}) for c in m.cases
     ]
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "data_root: ../../BraTS2021\n" in text and "image: BraTS2021_00000/BraTS2021_00000_t2.nii.gz" in text
     again = import_brats(brats_tree, tmp_path / "again.json", seed=1, val_frac=0.25, progress=False)
     assert [c.split for c in again.cases] == [c.split for c in m.cases]
@@ -76,7 +76,7 @@ def _nnunet_tree(root, write, arrays, channel_names, labels, v1=False, n_tr=6, w
         meta.pop("file_ending")
     else:
         meta.update(channel_names=channel_names, labels=labels)
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     for i in range(n_tr):
         img, mask = arrays(seed=i, radius=1 + i % 5)
         for ch in range(len(channel_names)):
@@ -165,11 +165,11 @@ def test_pairs_flat_folder_single_mask_and_split_file(tmp_path, data_write_nifti
         data_write_nifti(src / f"p{i}_t2.nii.gz", img)
         data_write_nifti(src / f"p{i}_seg.nii.gz", mask, dtype=np.uint8)
     splits = tmp_path / "splits.yaml"
-    splits.write_text("train: [p0, p2]\nval: [p1]\n")  # p3 not listed -> left out
+    splits.write_text("train: [p0, p2]\nval: [p1]\n", encoding="utf-8")  # p3 not listed -> left out
     m = import_pairs(src, tmp_path / "m.yaml", splits=splits, progress=False)
     assert {c.key: c.split for c in m.cases} == {"p0": "train", "p1": "val", "p2": "train"}
     assert all(list(c.masks) == ["ref"] for c in m.cases)
-    splits.write_text("train: [p0, p9]\n")
+    splits.write_text("train: [p0, p9]\n", encoding="utf-8")
     with pytest.raises(DataImportError, match="p9"):
         import_pairs(src, tmp_path / "m.yaml", splits=splits, progress=False)
     with pytest.raises(DataImportError, match=r"\{key\}"):

@@ -68,12 +68,12 @@ def test_tumour_volume_in_ml(tmp_path, data_write_nifti):
 
 def test_split_file_yaml_and_json(tmp_path):
     y = tmp_path / "s.yaml"
-    y.write_text("train: [a, b]\nval: [c]\ntest: [d]\n")
+    y.write_text("train: [a, b]\nval: [c]\ntest: [d]\n", encoding="utf-8")
     assert load_split_file(y) == {"a": "train", "b": "train", "c": "val", "d": "test"}
     j = tmp_path / "s.json"
-    j.write_text('{"train": ["a"], "test": ["a"]}')
+    j.write_text('{"train": ["a"], "test": ["a"]}', encoding="utf-8")
     with pytest.raises(ValueError, match="'a' is listed in both"):
         load_split_file(j)
-    j.write_text('{"training": ["a"]}')
+    j.write_text('{"training": ["a"]}', encoding="utf-8")
     with pytest.raises(ValueError, match="unknown split"):
         load_split_file(j)

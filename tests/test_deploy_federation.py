@@ -38,7 +38,7 @@ JOB_TIMEOUT = 240.0  # no tiny job takes this long on 2 cores; the follow() abor
 
 def _write_site_config(kit: Path, manifest: Path) -> Path:
     path = kit / "local" / "site_config.yaml"
-    path.write_text(yaml.safe_dump({"manifest": str(manifest), "device": "cpu"}))
+    path.write_text(yaml.safe_dump({"manifest": str(manifest), "device": "cpu"}), encoding="utf-8")
     return path
 
 
@@ -78,12 +78,12 @@ def _connected(fed) -> set[str]:
 
 def _derived_config(fed, name: str, **stage_overrides) -> Path:
     """tiny.yaml with some stage settings changed (e.g. longer rounds), written next to the cohort."""
-    cfg = yaml.safe_load(TINY.read_text())
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     cfg["cohort"]["dir"] = str(fed.tmp / "cohort")
     for stage, over in stage_overrides.items():
         cfg["stages"][stage].update(over)
     path = fed.tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
 
@@ -121,17 +121,17 @@ def test_lead_runs_the_stepwise_chain(fed):
 
     from plgg_fl.engine import PlggUNet, encoder_decoder_keys
 
-    enc, dec = encoder_decoder_keys(PlggUNet(preset=yaml.safe_load(TINY.read_text())["preset"]))
+    enc, dec = encoder_decoder_keys(PlggUNet(preset=yaml.safe_load(TINY.read_text(encoding="utf-8"))["preset"]))
     # stage 3 trained the decoder only, from stage 2's model: encoder bit-identical, decoder moved
     assert all(torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in enc)
     assert any(not torch.equal(sds["plgg_decoder"][k], sds["plgg_finetune"][k]) for k in dec)
 
     # every site enforced its own privacy scope (sites/<site>/local/privacy.json) on what it sent
     for site in ("cbtn", "dfci_bch"):
-        site_log = (fed.kits.clients[site] / outs[1].job_id / "log.txt").read_text(errors="replace")
+        site_log = (fed.kits.clients[site] / outs[1].job_id / "log.txt").read_text(errors="replace", encoding="utf-8")
         assert "site policy ModelAndScalarsOnly" in site_log, site
 
-    results = json.loads(next(outs[3].result_dir.rglob("cross_val_results.json")).read_text())
+    results = json.loads(next(outs[3].result_dir.rglob("cross_val_results.json")).read_text(encoding="utf-8"))
     assert {"cbtn", "dfci_bch"} <= set(results), results
     for site in ("cbtn", "dfci_bch"):
         metrics = next(iter(results[site].values()))
@@ -140,15 +140,15 @@ def test_lead_runs_the_stepwise_chain(fed):
 
 def test_bad_site_data_fails_the_job_naming_the_site(fed):
     kit = fed.kits.clients["brats"]
-    good = (kit / "local" / "site_config.yaml").read_text()
+    good = (kit / "local" / "site_config.yaml").read_text(encoding="utf-8")
     broken = fed.tmp / "broken_manifest.yaml"
-    broken.write_text("this: is not a manifest\n")
+    broken.write_text("this: is not a manifest\n", encoding="utf-8")
     _write_site_config(kit, broken)
     try:
         out = api.submit_and_follow(fed.lead, api.prepare_stage_job("brats_pretrain", TINY, fed.tmp / "bad"),
                                     fed.tmp / "results_bad", timeout=JOB_TIMEOUT, echo=print)
     finally:
-        (kit / "local" / "site_config.yaml").write_text(good)
+        (kit / "local" / "site_config.yaml").write_text(good, encoding="utf-8")
     assert not out.ok, out
     errors = api.site_errors(out.result_dir)  # from the site logs streamed to the server
     assert list(errors) == ["brats"], errors
@@ -161,7 +161,7 @@ def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
     job = api.prepare_stage_job("plgg_finetune", cfg, fed.tmp / "slow")
     job_id = fed.lead.submit_job(str(job))
     site_log = fed.kits.clients["dfci_bch"] / job_id / "log.txt"
-    wait_until(lambda: site_log.is_file() and "got task assignment: name=train" in site_log.read_text(errors="replace"),
+    wait_until(lambda: site_log.is_file() and "got task assignment: name=train" in site_log.read_text(errors="replace", encoding="utf-8"),
                180, 1, "dfci_bch to start training")
     t_kill = time.monotonic()
     fed.clients["dfci_bch"].kill()
@@ -171,7 +171,7 @@ def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
     assert meta["status"].startswith("FINISHED") and meta["status"] != "FINISHED:COMPLETED", meta["status"]
     assert meta["status"] != "FINISHED:ABORTED", "the job hung until follow() aborted it"
     result = api.download(fed.lead, job_id, fed.tmp / "results_killed")
-    server_log = "\n".join(p.read_text(errors="replace") for p in result.rglob("log.txt"))
+    server_log = "\n".join(p.read_text(errors="replace", encoding="utf-8") for p in result.rglob("log.txt"))
     assert "dfci_bch" in server_log
 
     fed.clients["dfci_bch"].start()

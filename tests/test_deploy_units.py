@@ -45,7 +45,7 @@ def test_provision_writes_kits_with_site_policies(tmp_path):
                      server_storage=tmp_path / "store", heartbeat_timeout=30)
     assert set(kits.clients) == set(SITES)
     for site, kit in kits.clients.items():
-        fed_client = json.loads((kit / "startup" / "fed_client.json").read_text())
+        fed_client = json.loads((kit / "startup" / "fed_client.json").read_text(encoding="utf-8"))
         assert fed_client["servers"][0]["service"]["target"] == "localhost:23456"
         for name in ("privacy.json", "resources.json"):
             assert (kit / "local" / name).read_bytes() == (SITES_DIR / site / "local" / name).read_bytes()
@@ -53,9 +53,9 @@ def test_provision_writes_kits_with_site_policies(tmp_path):
     assert server_authz.read_bytes() == (SITES_DIR / "server" / "local" / "authorization.json").read_bytes()
     lead = kits.admin_with_role("lead")
     assert api.kit_username(kits.admins[lead]) == lead
-    admin_conf = json.loads((kits.admins[lead] / "startup" / "fed_admin.json").read_text())["admin"]
+    admin_conf = json.loads((kits.admins[lead] / "startup" / "fed_admin.json").read_text(encoding="utf-8"))["admin"]
     assert (admin_conf["host"], admin_conf["port"]) == ("localhost", 23456)
-    res = json.loads((kits.server / "local" / "resources.json").read_text())
+    res = json.loads((kits.server / "local" / "resources.json").read_text(encoding="utf-8"))
     assert res["servers"][0]["heart_beat_timeout"] == 30
     assert str(tmp_path / "store") in json.dumps(res) and "/tmp/nvflare" not in json.dumps(res)
 
@@ -67,7 +67,7 @@ def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
 
     (tmp_path / "local").mkdir()
     (tmp_path / "startup").mkdir()
-    (tmp_path / "local" / "privacy.json").write_text((SITES_DIR / site / "local" / "privacy.json").read_text())
+    (tmp_path / "local" / "privacy.json").write_text((SITES_DIR / site / "local" / "privacy.json").read_text(encoding="utf-8"), encoding="utf-8")
     mgr = create_privacy_manager(Workspace(str(tmp_path), site), names_only=False)
     default = mgr.get_scope(None)
     assert default.name == "model_and_scalars"
@@ -80,7 +80,7 @@ def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
 def test_server_policy_lets_the_lead_read_its_job_logs_and_the_member_only_look():
     from nvflare.security.security import FLAuthorizer
 
-    policy = json.loads((SITES_DIR / "server" / "local" / "authorization.json").read_text())
+    policy = json.loads((SITES_DIR / "server" / "local" / "authorization.json").read_text(encoding="utf-8"))
     FLAuthorizer("plgg_study", policy)  # NVFlare accepts it
     perms = policy["permissions"]
     assert perms["lead"]["submit_job"] == "any" and perms["lead"]["get_job_log"] == "n:submitter"
@@ -121,11 +121,11 @@ def test_stage_job_embeds_the_initial_model_and_deploys_to_its_sites(tmp_path):
     ckpt = tmp_path / "stage1.pt"
     torch.save({"model": {"w": torch.ones(2)}}, ckpt)
     job = api.prepare_stage_job("plgg_finetune", TINY, tmp_path / "out", ckpt)
-    server_cfg = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    server_cfg = json.loads((job / "app" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
     persistor = next(c for c in server_cfg["components"] if c["path"].endswith("PTFileModelPersistor"))
     assert persistor["args"]["source_ckpt_file_full_name"] == api.INITIAL_MODEL_NAME  # relative: no server path
     assert (job / "app" / "custom" / api.INITIAL_MODEL_NAME).read_bytes() == ckpt.read_bytes()
-    meta = json.loads((job / "meta.json").read_text())
+    meta = json.loads((job / "meta.json").read_text(encoding="utf-8"))
     assert meta["deploy_map"] == {"app": ["server", "cbtn", "dfci_bch"]}
-    tiny = yaml.safe_load(TINY.read_text())
+    tiny = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     assert meta["deploy_map"]["app"][1:] == tiny["stages"]["finetune"]["sites"]

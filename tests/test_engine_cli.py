@@ -33,7 +33,7 @@ def test_train_then_evaluate_from_the_command_line(manifest, tmp_path, capsys):
     rc = main(["train", "--manifest", str(manifest), "--preset", "tiny", "--out", str(out), "--steps", "4",
                "--val-every", "2", "--device", "cpu", "--no-progress", "--set", "optimizer=adamw", "--set", "lr=0.003"])
     assert rc == 0
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["total_steps"] for r in log] == [2, 4] and all("val_dice" in r for r in log)
     model, cfg, meta = load_checkpoint(out / "model.pt")
     assert meta["step"] == 4 and cfg.preset == "tiny" and cfg.optimizer == "adamw"
@@ -45,7 +45,7 @@ def test_train_then_evaluate_from_the_command_line(manifest, tmp_path, capsys):
     rc = main(["evaluate", "--manifest", str(manifest), "--split", "test", "--ckpt", str(out / "model.pt"),
                "--out", str(tmp_path / "ev"), "--device", "cpu", "--no-progress"])
     assert rc == 0
-    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert set(summary["groups"]) >= {"model_vs_ref", "model_vs_second", "ref_vs_second"}
     assert summary["groups"]["ref_vs_second"]["dice"]["median"] == 1.0
     assert "model_vs_ref" in capsys.readouterr().out

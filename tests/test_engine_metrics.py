@@ -117,7 +117,7 @@ def test_evaluate_cases_multi_rater_writes_csv_and_json(tmp_path):
     assert g["model_vs_r1"]["dice"]["median"] > 0.85
     assert g["r1_vs_r2"]["dice"]["n"] == 3 and g["inter_rater"]["dice"]["n"] == 3
     assert "wilcoxon_dice_model_vs_raters__inter_rater" in summary
-    saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    saved = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert saved["groups"]["model_vs_r1"]["dice"]["n"] == 3
     assert "e0" not in json.dumps(saved)  # no case keys in what may leave the site
     back = read_rows(tmp_path / "ev" / "per_case.csv")

@@ -23,16 +23,16 @@ def test_site_config_lookup_order(tmp_path, monkeypatch):
         resolve_site_config("dfci_bch", workspace=tmp_path)
     assert "PLGG_FL_MANIFEST_DFCI_BCH" in str(err.value) and "site_config.yaml" in str(err.value)
     (tmp_path / "local").mkdir()
-    (tmp_path / "local" / "site_config.yaml").write_text("manifest: data/manifest.yaml\ndevice: cpu\n")
+    (tmp_path / "local" / "site_config.yaml").write_text("manifest: data/manifest.yaml\ndevice: cpu\n", encoding="utf-8")
     sc = resolve_site_config("dfci_bch", workspace=tmp_path)
     assert sc.manifest == (tmp_path / "local" / "data" / "manifest.yaml").resolve() and sc.device == "cpu"
     other = tmp_path / "other.yaml"
-    other.write_text("manifest: /srv/m.yaml\n")
+    other.write_text("manifest: /srv/m.yaml\n", encoding="utf-8")
     monkeypatch.setenv("PLGG_FL_SITE_CONFIG", str(other))
     assert resolve_site_config("dfci_bch", workspace=tmp_path).manifest == Path("/srv/m.yaml")
     monkeypatch.setenv(manifest_env_var("dfci_bch"), "/x/manifest.yaml")
     assert resolve_site_config("dfci_bch", workspace=tmp_path).manifest == Path("/x/manifest.yaml")
-    other.write_text("manifest: a.yaml\nsecret: 1\n")
+    other.write_text("manifest: a.yaml\nsecret: 1\n", encoding="utf-8")
     monkeypatch.delenv(manifest_env_var("dfci_bch"))
     with pytest.raises(SiteConfigError, match="unknown field"):
         resolve_site_config("dfci_bch")
@@ -77,11 +77,11 @@ def test_committed_jobs_match_a_fresh_export(tmp_path):
 
 def test_committed_jobs_hold_no_paths():
     for cfg in (REPO / "jobs").rglob("*.json"):
-        text = cfg.read_text()
+        text = cfg.read_text(encoding="utf-8")
         assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), f"absolute path in {cfg}"
         assert "source_ckpt_file_full_name" not in text and ".nii" not in text, cfg
-    server = json.loads((REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_server.json").read_text())
+    server = json.loads((REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
     wf = server["workflows"][0]
     assert wf["path"] == "plgg_fl.fl.controller.PinnedFedAvg" and wf["args"]["sites"] == ["cbtn"]
-    client = (REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_client.json").read_text()
+    client = (REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_client.json").read_text(encoding="utf-8")
     assert "--stage decoder" in client and "plgg_fl.fl.filters.SendRecorder" in client

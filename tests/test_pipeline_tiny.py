@@ -69,18 +69,18 @@ def test_evaluation_internal_and_external_per_expert(tiny_run):
         assert "test/groups/inter_rater/dice/median" in dfci
     out = tiny_run["out"]
     for site in ("cbtn", "dfci_bch"):  # per-case rows stay at the site, labelled by model name
-        labels = [json.loads(p.read_text())["model"] for p in (out / "nvflare" / "evaluate").glob(f"*/{site}/**/model.json")]
+        labels = [json.loads(p.read_text(encoding="utf-8"))["model"] for p in (out / "nvflare" / "evaluate").glob(f"*/{site}/**/model.json")]
         assert sorted(labels) == ["adult_only", "stepwise"]
         assert len(list((out / "nvflare" / "evaluate").glob(f"*/{site}/**/model_*/test/per_case.csv"))) == 2
-    assert (out / "metrics.csv").read_text().count("\n") > 10
-    table = (out / "summary.txt").read_text()
+    assert (out / "metrics.csv").read_text(encoding="utf-8").count("\n") > 10
+    table = (out / "summary.txt").read_text(encoding="utf-8")
     assert "stepwise" in table and "dfci_bch: model_vs_expert2" in table
 
 
 def _records(tiny_run, job: str) -> list[dict]:
     recs = []
     for f in sorted((tiny_run["out"] / "sends" / job).glob("*.jsonl")):
-        recs += [json.loads(x) for x in f.read_text().splitlines()]
+        recs += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines()]
     return recs
 
 
@@ -125,7 +125,7 @@ def test_client_job_configs_hold_no_path_or_case_key(tiny_run):
     configs = list((tiny_run["out"] / "nvflare").rglob("config_fed_client.json"))
     assert configs
     for cfg in configs:
-        text = cfg.read_text()
+        text = cfg.read_text(encoding="utf-8")
         assert not re.search(r'"/[^"]*"', text), f"absolute path in {cfg}"
         assert not [s for s in forbidden if s in text], cfg
 

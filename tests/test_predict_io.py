@@ -75,11 +75,11 @@ def test_discover_folder_manifest_and_keys(tmp_path):
         if name.endswith((".nii", ".nii.gz")):
             nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "in" / name))
         else:
-            (tmp_path / "in" / name).write_text("x")
+            (tmp_path / "in" / name).write_text("x", encoding="utf-8")
     assert [i.key for i in discover_inputs(tmp_path / "in")] == ["a", "b"]
     (tmp_path / "m.yaml").write_text(
         "site: s\ndata_root: in\ncases:\n  - {key: k1, split: test, image: a_0000.nii.gz}\n  - {key: k2, split: test, image: b.nii}\n"
-    )
+    , encoding="utf-8")
     assert [i.key for i in discover_inputs(tmp_path / "m.yaml")] == ["k1", "k2"]
     with pytest.raises(InputError, match="no such file"):
         discover_inputs(tmp_path / "missing.nii.gz")

@@ -55,7 +55,7 @@ def test_non_ras_anisotropic_input_gets_mask_on_its_exact_grid(ckpt, tmp_path):
     assert set(np.unique(mask)) <= {0, 1} and dice(mask, seg) > 0.5
     prob = np.asarray(nib.load(str(tmp_path / "out" / "psl_prob.nii.gz")).dataobj)
     assert prob.shape == img.shape and 0 <= prob.min() and prob.max() <= 1
-    (row,) = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv")))
+    (row,) = list(csv.DictReader(open(tmp_path / "out" / "volumes.csv", encoding="utf-8")))
     assert row["status"] == "ok"
     assert float(row["volume_ml"]) == pytest.approx(mask.sum() * 0.9 * 1.1 * 3.0 / 1000, rel=1e-3)
 
@@ -86,10 +86,10 @@ def test_bad_inputs_fail_one_by_one_and_good_ones_succeed(ckpt, tmp_path):
     }
     rc = main(["predict", str(d), "--model", str(ckpt), "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 1
-    rows = {r["key"]: r for r in csv.DictReader(open(tmp_path / "out" / "volumes.csv"))}
+    rows = {r["key"]: r for r in csv.DictReader(open(tmp_path / "out" / "volumes.csv", encoding="utf-8"))}
     assert rows["good1"]["status"] == rows["good2"]["status"] == "ok"
     assert (tmp_path / "out" / "good1_mask.nii.gz").is_file() and (tmp_path / "out" / "good2_mask.nii.gz").is_file()
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     errors = {f["key"]: f["error"] for f in summary["failures"]}
     assert set(errors) == set(expected)
     for key, problem in expected.items():
@@ -157,7 +157,7 @@ def test_export_gives_the_same_mask_as_its_checkpoint(ckpt, tmp_path):
     from plgg_fl.cli import main
 
     assert main(["export", str(ckpt), str(tmp_path / "exp")]) == 0
-    card = json.loads((tmp_path / "exp" / "model_card.json").read_text())
+    card = json.loads((tmp_path / "exp" / "model_card.json").read_text(encoding="utf-8"))
     assert card["model"]["preset"] == "tiny" and card["input"]["spacing_mm"] == [2.0, 2.0, 2.0]
     assert "z-score" in card["input"]["normalisation"] and card["training"]["stage"] == "toy"
     assert card["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]

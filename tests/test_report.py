@@ -61,7 +61,7 @@ def test_per_case_rows_are_read_from_each_sites_workspace(report_run):
 
 def test_methods_are_matched_to_the_scalars_each_site_sent(report_run):
     run, rep = report_run
-    sent = json.loads((run / "metrics.json").read_text())["evaluation"]
+    sent = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["evaluation"]
     for r in rep["study_table"]:
         if r["site"] == "cbtn":  # single reference: the sent median is the table's
             assert r["dice"]["median"] == pytest.approx(sent["cbtn"][r["method"]]["test/groups/model_vs_ref/dice/median"], abs=1e-12)
@@ -69,7 +69,7 @@ def test_methods_are_matched_to_the_scalars_each_site_sent(report_run):
 
 def test_study_table_equals_recomputation_from_per_case_csvs(report_run):
     run, rep = report_run
-    md = Path(rep["markdown"]).read_text()
+    md = Path(rep["markdown"]).read_text(encoding="utf-8")
     rows = {(r["site"], r["method"]): r for r in rep["study_table"]}
     assert set(rows) == {(s, m) for s in ("cbtn", "dfci_bch") for m in METHODS}
     for key, path in rep["per_case_csv"].items():
@@ -117,13 +117,13 @@ def test_multirater_table_equals_recomputation(report_run):
         keys = sorted(model)
         p = wilcoxon([model[k] for k in keys], [inter[k] for k in keys]).pvalue
         assert by[(m, "model vs experts (mean)")]["p_vs_inter"] == pytest.approx(p)
-    assert "Multi-rater table · dfci_bch" in Path(rep["markdown"]).read_text()
-    assert "Wilcoxon signed-rank" in Path(rep["markdown"]).read_text()
+    assert "Multi-rater table · dfci_bch" in Path(rep["markdown"]).read_text(encoding="utf-8")
+    assert "Wilcoxon signed-rank" in Path(rep["markdown"]).read_text(encoding="utf-8")
 
 
 def test_every_plot_is_written_and_embedded(report_run):
     run, rep = report_run
-    html = Path(rep["html"]).read_text()
+    html = Path(rep["html"]).read_text(encoding="utf-8")
     for name in ("dice_boxplot", "val_dice_rounds", "dice_vs_volume"):
         png = Path(rep["figures"][name])
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -144,7 +144,7 @@ def test_gallery_repredicts_the_evaluated_masks(report_run):
 
 def test_paper_reference_and_provenance(report_run):
     run, rep = report_run
-    html = Path(rep["html"]).read_text()
+    html = Path(rep["html"]).read_text(encoding="utf-8")
     for fig in ("0.88 [0.72-0.91]", "0.81 [0.56-0.89]", "0.83", "0.86"):
         assert fig in html
     assert "REAL, DIFFERENT data" in html
@@ -181,7 +181,7 @@ def test_plotted_numbers_equal_per_case_csvs_and_site_reports(report_run):
     want = {(k.split("/")[0], k.split("/")[1], key): v for k, p in rep["per_case_csv"].items()
             for key, v in _model_by_case(Path(p), "dice").items()}
     assert plotted == pytest.approx(want)
-    sent = json.loads((run / "metrics.json").read_text())["stages"]
+    sent = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["stages"]
     rounds = list(csv.DictReader((data / "val_dice_rounds.csv").open()))
     assert {r["job"] for r in rounds} == {s["job"] for s in sent if s.get("rounds")}
     for s in sent:

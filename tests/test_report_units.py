@@ -42,8 +42,8 @@ def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict):
     from plgg_fl.engine.evaluate import summarise, write_json, write_rows
 
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "config.yaml").write_text("name: fake\nevaluate: {sites: [s], splits: test}\n")
-    (tmp_path / "metrics.json").write_text(json.dumps({"evaluation": {"s": sent}, "summary": [{"method": m} for m in sent]}))
+    (tmp_path / "config.yaml").write_text("name: fake\nevaluate: {sites: [s], splits: test}\n", encoding="utf-8")
+    (tmp_path / "metrics.json").write_text(json.dumps({"evaluation": {"s": sent}, "summary": [{"method": m} for m in sent]}), encoding="utf-8")
     for n, (name, d) in enumerate(models, start=1):
         base = tmp_path / "nvflare/evaluate/plgg_evaluate/s/plgg_results/simulate_job" / f"model_{n}"
         rows = [{"key": "k1", "comparison": "model_vs_ref", "a": "model", "b": "ref", "dice": d, "hd95_mm": 1.0,
@@ -51,7 +51,7 @@ def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict):
                  "hd95_defined": True, "pred_empty": False, "ref_empty": False, "spacing_mm": "1x1x1"}]
         write_rows(rows, base / "test" / "per_case.csv")
         write_json(summarise(rows), base / "test" / "summary.json")
-        (base / "model.json").write_text(json.dumps({"model": name, "order": n}))
+        (base / "model.json").write_text(json.dumps({"model": name, "order": n}), encoding="utf-8")
 
 
 def test_result_folders_take_the_label_checked_against_the_numbers(tmp_path):

@@ -74,7 +74,7 @@ def test_packet_is_reproducible_and_refuses_key_inside(review_cohort, packet):
     out, key_path, _ = packet
     again = tmp / "again"
     assert main(["review-packet", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(again), "-n", "5", "--seed", "3"]) == 0
-    assert (tmp / "again_KEY.csv").read_text() == key_path.read_text()
+    assert (tmp / "again_KEY.csv").read_text(encoding="utf-8") == key_path.read_text(encoding="utf-8")
     assert main(["review-packet", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(tmp / "p3"),
                  "--key", str(tmp / "p3" / "key.csv")]) == 2
 
@@ -133,10 +133,10 @@ def test_review_score_cli_and_sheet_errors(tmp_path, capsys):
     kp, sheets = _synthetic_study(tmp_path)
     out = tmp_path / "scores.json"
     assert main(["review-score", *map(str, sheets), "--key", str(kp), "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["by_source"]["AI"]["acceptable"]["percent"] == 80.0
+    assert json.loads(out.read_text(encoding="utf-8"))["by_source"]["AI"]["acceptable"]["percent"] == 80.0
     assert "AI identified 60.0%" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
-    bad.write_text("item,score_1_10,acceptable_yes_no,made_by_ai_yes_no\nR000,11,yes,no\n")
+    bad.write_text("item,score_1_10,acceptable_yes_no,made_by_ai_yes_no\nR000,11,yes,no\n", encoding="utf-8")
     assert main(["review-score", str(bad), "--key", str(kp)]) == 2
     assert "R000" in capsys.readouterr().err
 
@@ -145,7 +145,7 @@ def test_small_tables_use_fisher_and_blanks_are_counted(tmp_path):
     kp, _ = _synthetic_study(tmp_path)
     sheet = tmp_path / "few.csv"
     sheet.write_text("rater,item,score_1_10,acceptable_yes_no,made_by_ai_yes_no\n"
-                     "dr_x,R000,9,yes,yes\ndr_x,R001,4,no,no\ndr_x,R002,,yes,\ndr_x,R004,8,yes,no\n")
+                     "dr_x,R000,9,yes,yes\ndr_x,R001,4,no,no\ndr_x,R002,,yes,\ndr_x,R004,8,yes,no\n", encoding="utf-8")
     res = score(read_sheets([sheet], read_key(kp)))
     assert res["raters"] == ["dr_x"] and res["n_ratings"] == 4
     assert res["acceptable_test"]["test"].startswith("Fisher")

@@ -85,7 +85,7 @@ def test_brats_layout_and_labels(tiny):
 def test_cbtn_is_nnunet_raw(tiny):
     man = load_manifest(tiny["cbtn"])
     ds_dir = tiny["cbtn"].parent / "Dataset501_CBTN"
-    meta = json.loads((ds_dir / "dataset.json").read_text())
+    meta = json.loads((ds_dir / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "T2"} and meta["labels"] == {"background": 0, "tumor": 1}
     assert meta["file_ending"] == ".nii.gz"
     tr = sorted(p.name for p in (ds_dir / "imagesTr").iterdir())
@@ -106,7 +106,7 @@ def test_dfci_bch_experts_disagree_like_raters(tiny, tmp_path):
     # more test cases, at demo spacing, for a stable estimate of agreement
     man2 = load_manifest(generate_cohort(tmp_path, seed=0, spacing_mm=2.5, sites=["dfci_bch"], n_cases=12,
                                          progress=False, size="tiny")["dfci_bch"])
-    info = json.loads((tmp_path / "dfci_bch" / "cohort.json").read_text())
+    info = json.loads((tmp_path / "dfci_bch" / "cohort.json").read_text(encoding="utf-8"))
     recorded = {r["key"]: r for r in info["cases"]}
     dices = []
     for case in man.split("test") + man2.split("test"):
@@ -138,7 +138,7 @@ def test_pediatric_tumours_sit_in_posterior_fossa_adult_ones_supratentorially(tm
     infra = {"adult": [], "child": []}
     for site, path in manifests.items():
         group = "adult" if site == "brats" else "child"
-        rows = {r["key"]: r for r in json.loads((path.parent / "cohort.json").read_text())["cases"]}
+        rows = {r["key"]: r for r in json.loads((path.parent / "cohort.json").read_text(encoding="utf-8"))["cases"]}
         for case in load_manifest(path).cases:
             world, rel = _mask_centre(case)
             row = rows[case.key]
@@ -169,7 +169,7 @@ def test_cli_writes_cohort_and_preview(tmp_path):
     for site in ("brats", "cbtn", "dfci_bch"):
         man = load_manifest(tmp_path / "out" / site / "manifest.yaml")
         assert len(man.cases) == 3
-        assert json.loads((tmp_path / "out" / site / "cohort.json").read_text())["seed"] == 3
+        assert json.loads((tmp_path / "out" / site / "cohort.json").read_text(encoding="utf-8"))["seed"] == 3
 
 
 def test_generated_sites_pass_data_check(tiny, capsys):

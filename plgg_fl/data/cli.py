@@ -77,7 +77,7 @@ def _check(args) -> int:
     print(report.summary())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        args.json.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     return 1 if report.unusable_keys() else 0
 
 

@@ -216,7 +216,7 @@ def import_nnunet(
     if not meta_path.is_file():
         raise DataImportError(f"{src}: no dataset.json (not an nnU-Net raw dataset)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataImportError(f"{meta_path}: cannot read: {exc}") from exc
     ending = meta.get("file_ending", ".nii.gz")

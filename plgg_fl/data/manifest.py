@@ -129,7 +129,7 @@ def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     data = manifest.to_dict(manifest_dir=path.parent)
     text = json.dumps(data, indent=2) if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     manifest.path = path
     return path
@@ -141,7 +141,7 @@ def load_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot parse manifest: {exc}") from exc

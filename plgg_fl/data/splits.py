@@ -96,7 +96,7 @@ def load_split_file(path: str | Path) -> dict[str, str]:
     Raises ``ValueError`` for an unknown split name, a non-list entry, or a key listed twice.
     """
     path = Path(path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: split file must map split name -> list of case keys")

@@ -38,7 +38,7 @@ GLOBAL_MODEL_NAMES = ("FL_global_model.pt", "best_FL_global_model.pt")
 
 def kit_username(kit: str | Path) -> str:
     """The user name a provisioned admin kit belongs to (from ``startup/fed_admin.json``)."""
-    conf = json.loads((Path(kit) / "startup" / "fed_admin.json").read_text())
+    conf = json.loads((Path(kit) / "startup" / "fed_admin.json").read_text(encoding="utf-8"))
     return conf["admin"]["username"]
 
 
@@ -128,7 +128,7 @@ def fetch_site_error_logs(session: Session, job_id: str, result_dir: str | Path)
     except Exception as e:
         log.warning("no site error logs for %s: %s", job_id, e)
         return {}
-    texts = {f.name[len("ERRORLOG_"):]: f.read_text(errors="replace") for f in location.rglob("ERRORLOG_*")}
+    texts = {f.name[len("ERRORLOG_"):]: f.read_text(errors="replace", encoding="utf-8") for f in location.rglob("ERRORLOG_*")}
     shutil.rmtree(location, ignore_errors=True)
     return _write_logs(result_dir, texts, "error_log.txt")
 
@@ -140,7 +140,7 @@ def _write_logs(result_dir, texts: dict, suffix: str) -> dict[str, Path]:
         if isinstance(text, str) and text:
             out_dir.mkdir(parents=True, exist_ok=True)
             written[site] = out_dir / f"{site}.{suffix}"
-            written[site].write_text(text)
+            written[site].write_text(text, encoding="utf-8")
     return written
 
 
@@ -154,7 +154,7 @@ def site_errors(result_dir: str | Path, max_lines: int = 5) -> dict[str, list[st
         site = f.name.split(".", 1)[0]
         if site == "server":
             continue
-        lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if _ERROR_LINE.search(ln.strip())]
+        lines = [ln.strip() for ln in f.read_text(errors="replace", encoding="utf-8").splitlines() if _ERROR_LINE.search(ln.strip())]
         if lines:
             out[site] = list(dict.fromkeys(out.get(site, []) + lines))[-max_lines:]
     return out
@@ -179,7 +179,7 @@ def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
     changed = False
     for server_cfg in job_dir.glob("*/config/config_fed_server.json"):
         app = server_cfg.parent.parent
-        cfg = json.loads(server_cfg.read_text())
+        cfg = json.loads(server_cfg.read_text(encoding="utf-8"))
         for comp in cfg.get("components", []):
             if comp.get("path", "").endswith("PTFileModelPersistor"):
                 comp.setdefault("args", {})["source_ckpt_file_full_name"] = INITIAL_MODEL_NAME
@@ -187,7 +187,7 @@ def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
         if changed:
             (app / "custom").mkdir(exist_ok=True)
             shutil.copyfile(checkpoint, app / "custom" / INITIAL_MODEL_NAME)
-            server_cfg.write_text(json.dumps(cfg, indent=4))
+            server_cfg.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
     if not changed:
         raise ValueError(f"{job_dir}: no PTFileModelPersistor in a server config; cannot set its initial model")
     return job_dir
@@ -223,19 +223,19 @@ def deploy_only_to_participants(job_dir: str | Path) -> Path:
     """
     job_dir = Path(job_dir)
     meta_path = job_dir / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     deploy_map = meta.get("deploy_map", {})
     for app, targets in deploy_map.items():
         if targets != ["@ALL"]:
             continue
-        cfg = json.loads((job_dir / app / "config" / "config_fed_server.json").read_text())
+        cfg = json.loads((job_dir / app / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
         sites = []
         for wf in cfg.get("workflows", []):
             args = wf.get("args", {})
             sites += args.get("sites") or args.get("participating_clients") or []
         if sites:
             deploy_map[app] = ["server", *dict.fromkeys(sites)]
-    meta_path.write_text(json.dumps(meta, indent=4))
+    meta_path.write_text(json.dumps(meta, indent=4), encoding="utf-8")
     return job_dir
 
 

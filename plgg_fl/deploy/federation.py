@@ -39,7 +39,7 @@ def free_port() -> int:
 def kit_command(kit: str | Path) -> list[str]:
     """The participant's start command from ``<kit>/startup/sub_start.sh``, run with this Python."""
     kit = Path(kit).resolve()
-    text = (kit / "startup" / "sub_start.sh").read_text()
+    text = (kit / "startup" / "sub_start.sh").read_text(encoding="utf-8")
     m = re.search(r"exec python3? (-u -m nvflare\.private\.fed\.app\.\S+ .*)$", text, re.M)
     if not m:
         raise RuntimeError(f"no start command found in {kit}/startup/sub_start.sh")
@@ -106,7 +106,7 @@ class Participant:
 
     def tail(self, n: int = 40) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return "\n".join(self.log_path.read_text(errors="replace", encoding="utf-8").splitlines()[-n:])
         except FileNotFoundError:
             return ""
 

@@ -48,7 +48,7 @@ class Kits:
 
 
 def load_project(path: str | Path = PROJECT_YML) -> dict:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
@@ -90,7 +90,7 @@ def provision(
     workspace.mkdir(parents=True, exist_ok=True)
     project = localize_project(load_project(project_yml), host, port)
     patched = workspace / "project.yml"
-    patched.write_text(yaml.safe_dump(project, sort_keys=False))
+    patched.write_text(yaml.safe_dump(project, sort_keys=False), encoding="utf-8")
     cmd = [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(patched), "-w", str(workspace), "--force"]
     proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -137,7 +137,7 @@ def set_server_resources(
     """Write the server's ``local/resources.json``: job store and snapshots under ``storage_root``,
     client heartbeat timeout (seconds); the rest as in the kit's ``resources.json.default``."""
     local = Path(server_kit) / "local"
-    res = json.loads((local / "resources.json.default").read_text())
+    res = json.loads((local / "resources.json.default").read_text(encoding="utf-8"))
     if storage_root:
         root = Path(storage_root).resolve()
         res["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(root / "snapshot-storage")
@@ -147,5 +147,5 @@ def set_server_resources(
     if heartbeat_timeout:
         res["servers"][0]["heart_beat_timeout"] = float(heartbeat_timeout)
     out = local / "resources.json"
-    out.write_text(json.dumps(res, indent=2))
+    out.write_text(json.dumps(res, indent=2), encoding="utf-8")
     return out

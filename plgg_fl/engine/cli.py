@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
         model = PlggUNet(cfg.preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
     log.info("%s: %d train / %d val cases; %s %.2f M parameters; patch %s at %s mm; %d steps on %s",
              manifest.site, len(train_cases), len(val_cases), cfg.preset, count_parameters(model) / 1e6,
              cfg.patch_size, cfg.spacing_mm, cfg.max_steps, cfg.torch_device())
@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
 
     def on_epoch(rec: dict) -> None:
         rec = {**rec, "elapsed_s": round(time.time() - t0, 1)}
-        with open(out / "train_log.jsonl", "a") as f:
+        with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta)
         if rec.get("val_dice", -1.0) > best["val_dice"]:

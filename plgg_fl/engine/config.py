@@ -108,7 +108,7 @@ class TrainConfig:
 def cpu_has_native_bf16() -> bool:
     """True if /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux; False where unknown)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())

@@ -136,7 +136,7 @@ def compare_models(rows_a, rows_b, comparison: str, metric: str = "dice") -> dic
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``per_case.csv`` back (numbers as floats, flags as bools, NaN for 'undefined')."""
     out = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             row: dict[str, Any] = dict(r)
             for m in METRICS:
@@ -151,7 +151,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """CSV with :data:`COLUMNS`; an undefined (NaN) value is written as ``undefined``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -175,5 +175,5 @@ def write_json(data: dict[str, Any], path: str | Path) -> Path:
     """JSON with NaN written as null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2))
+    path.write_text(json.dumps(_jsonable(data), indent=2), encoding="utf-8")
     return path

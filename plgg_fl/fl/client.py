@@ -118,7 +118,7 @@ def main(argv=None) -> None:
             model_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}"
             model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
             name = (received.meta or {}).get("plgg_model_name", f"model_{n_evaluated}")
-            (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}))
+            (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}), encoding="utf-8")
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = usable_cases(manifest, split)
                 if not cases:

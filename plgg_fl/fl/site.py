@@ -50,7 +50,7 @@ def manifest_env_var(site: str) -> str:
 
 
 def _from_yaml(site: str, path: Path) -> SiteConfig:
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict) or "manifest" not in data:
         raise SiteConfigError(f"{path}: site config must be a mapping with a 'manifest' entry")
     unknown = set(data) - _KEYS

@@ -107,7 +107,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     origin = str(path)
     unknown = set(data) - _TOP
     if unknown:

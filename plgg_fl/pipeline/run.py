@@ -127,7 +127,7 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         for sub in ("logs", "sends", "checkpoints"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
-        (self.out / "config.yaml").write_text(dump_config(cfg))
+        (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         self.manifests = ensure_cohort(cfg, self.printer)
         methods = cfg.methods
         if set(methods) & {"adult_only", "transfer", "stepwise", "local_only", "pooled"}:
@@ -153,7 +153,7 @@ class Pipeline:
         table = summary_table(rows, cfg.eval_sites)
         metrics = {"name": cfg.name, "wall_s": round(time.perf_counter() - self.t0, 2), "stages": self.stages,
                    "evaluation": evaluation, "summary": rows}
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
         with (self.out / "metrics.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["site", "method", "metric", "value"])
@@ -161,7 +161,7 @@ class Pipeline:
                 for method, values in per_model.items():
                     for k, v in sorted(values.items()):
                         w.writerow([site, method, k, v])
-        (self.out / "summary.txt").write_text(table + "\n")
+        (self.out / "summary.txt").write_text(table + "\n", encoding="utf-8")
         self._log(f"done: {self.out}")
         self.printer(table)
         return metrics

@@ -64,7 +64,7 @@ def error_lines(log: Path, limit: int = 12) -> list[str]:
     """The first ``limit`` error-looking lines of a log (empty if the log is missing)."""
     if not log.is_file():
         return [f"(no log at {log})"]
-    lines = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if _ERROR_LINE.search(ln)]
+    lines = [ln.rstrip() for ln in log.read_text(errors="replace", encoding="utf-8").splitlines() if _ERROR_LINE.search(ln)]
     return lines[:limit]
 
 
@@ -135,7 +135,7 @@ def quiet_console_log_config(folder: Path) -> str:
     cfg["handlers"]["consoleHandler"]["level"] = "WARNING"
     path = Path(folder) / "log_config_quiet_console.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg, indent=1))
+    path.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     return str(path)
 
 
@@ -220,10 +220,10 @@ def run_in_simulator(
     result = JobResult(name=recipe.name, workspace=job_ws, wall_s=time.perf_counter() - t0, sites=list(sites))
     rm = job_ws / "server" / "simulate_job" / "metrics" / "round_metrics.jsonl"
     if rm.is_file():
-        result.round_metrics = [json.loads(x) for x in rm.read_text().splitlines() if x.strip()]
+        result.round_metrics = [json.loads(x) for x in rm.read_text(encoding="utf-8").splitlines() if x.strip()]
     cv = job_ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
     if cv.is_file():
         # NVFlare's cross-site evaluation names server-side models "SRV_<name>"
-        raw = json.loads(cv.read_text())
+        raw = json.loads(cv.read_text(encoding="utf-8"))
         result.eval_results = {site: {m.removeprefix("SRV_"): v for m, v in per.items()} for site, per in raw.items()}
     return result

@@ -116,7 +116,7 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
         "source_checkpoint": {"name": ckpt.name, "sha256": _sha256(ckpt)},
         "versions": package_versions(),
     }
-    atomic_write(out / CARD, lambda p: p.write_text(json.dumps(_plain(card), indent=2)), overwrite=overwrite)
+    atomic_write(out / CARD, lambda p: p.write_text(json.dumps(_plain(card), indent=2), encoding="utf-8"), overwrite=overwrite)
     return out
 
 
@@ -133,7 +133,7 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, 
         card_path = path / CARD
         if not card_path.is_file():
             raise FileNotFoundError(f"{path}: no {CARD}; not a plgg-fl export folder")
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
         if card.get("format") != FORMAT:
             raise ValueError(f"{card_path}: unknown format {card.get('format')!r} (expected {FORMAT})")
         program = torch.export.load(str(path / card["weights"]))

@@ -199,7 +199,7 @@ def write_reports(summary: Summary, csv_path: Path, json_path: Path, overwrite: 
     w.writeheader()
     for r in summary.results:
         w.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
-    atomic_write(csv_path, lambda p: p.write_text(buf.getvalue()), overwrite=overwrite)
+    atomic_write(csv_path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"), overwrite=overwrite)
     doc = {
         "model": summary.model,
         "n_inputs": len(summary.results),
@@ -208,4 +208,4 @@ def write_reports(summary: Summary, csv_path: Path, json_path: Path, overwrite: 
         "failures": [{"key": r.key, "input": r.input, "error": r.error} for r in summary.failures],
         "results": [asdict(r) for r in summary.results],
     }
-    atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=2)), overwrite=overwrite)
+    atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=2), encoding="utf-8"), overwrite=overwrite)

@@ -188,6 +188,6 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
               "figures": {k: str(v) for k, v in figs.items()}, "gallery": {"method": best, "items": [vars(i) | {"image": str(i.image) if i.image else None} for i in items]},
               "per_case_csv": {f"{s}/{m}": str(p) for (s, m), p in run.per_case_paths.items()},
               "provenance": {k: v for k, v in prov.items() if k != "config_yaml"}, "markdown": str(md), "html": str(htm), "notes": run.notes}
-    (data / "report.json").write_text(json.dumps(_clean(result), indent=2, default=str))
+    (data / "report.json").write_text(json.dumps(_clean(result), indent=2, default=str), encoding="utf-8")
     printer(f"report: {htm} (and {md.name}); {len(study)} study rows, {len(multi)} multi-rater table(s), {len(items)} gallery case(s)")
     return result

@@ -153,8 +153,8 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
     for f in ("config.yaml", "metrics.json"):
         if not (root / f).is_file():
             raise ReportError(f"{root / f}: not found (is {root} a finished `plgg-fl simulate` run?)")
-    run = Run(root=root, config=yaml.safe_load((root / "config.yaml").read_text()) or {},
-              metrics=json.loads((root / "metrics.json").read_text()))
+    run = Run(root=root, config=yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {},
+              metrics=json.loads((root / "metrics.json").read_text(encoding="utf-8")))
     evaluation = run.metrics.get("evaluation", {})
     if sites:
         unknown = sorted(set(sites) - set(run.sites))
@@ -171,9 +171,9 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
         order = [m for m in pipeline_order if m in sent] or pipeline_order
         for i, d in enumerate(dirs):
             summ = d / "summary.json"
-            matched = _match(_flatten(json.loads(summ.read_text()), f"{run.split}/"), sent) if summ.is_file() else None
+            matched = _match(_flatten(json.loads(summ.read_text(encoding="utf-8")), f"{run.split}/"), sent) if summ.is_file() else None
             label = d.parent / "model.json"  # written by the client: the model name the server sent
-            named = json.loads(label.read_text()).get("model") if label.is_file() else None
+            named = json.loads(label.read_text(encoding="utf-8")).get("model") if label.is_file() else None
             if named and matched and named != matched:
                 run.notes.append(f"{site}: {d.parent.name} is labelled {named!r} but its results match {matched!r}; using {matched!r}")
             method = matched or (named if named in sent or not sent else None)

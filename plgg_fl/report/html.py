@@ -59,7 +59,7 @@ def to_markdown(doc: list[tuple], img_dir: Path, md_path: Path) -> Path:
             out.append(f"<details><summary>{b[2]}</summary>\n\n```\n{b[1].rstrip()}\n```\n</details>")
         elif kind == "cards":
             out.append(_md_table(["", "Value", "Detail"], [[t, v, s] for t, v, s, _ in b[1]], ""))
-    md_path.write_text("\n\n".join(out) + "\n")
+    md_path.write_text("\n\n".join(out) + "\n", encoding="utf-8")
     return md_path
 
 
@@ -92,5 +92,5 @@ def to_html(doc: list[tuple], path: Path, title: str) -> Path:
                             for t, v, s, k in b[1])
             parts.append(f"<div class='cards'>{cards}</div>")
     parts.append("</main></body></html>")
-    path.write_text("".join(parts))
+    path.write_text("".join(parts), encoding="utf-8")
     return path

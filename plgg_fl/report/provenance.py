@@ -40,7 +40,7 @@ def git_commit(path: Path | None = None) -> str:
 def machine() -> dict[str, Any]:
     mem = "unknown"
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
     except OSError:
@@ -69,6 +69,6 @@ def collect(run) -> dict[str, Any]:
         "git_commit": git_commit(),
         "versions": versions(),
         "machine": machine(),
-        "config_yaml": (run.root / "config.yaml").read_text(),
+        "config_yaml": (run.root / "config.yaml").read_text(encoding="utf-8"),
         "note": "" if recorded else "git commit, versions and machine are those of the report step (the run records none)",
     }

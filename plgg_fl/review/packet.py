@@ -84,7 +84,7 @@ def make_packet(cases: list, predict_mask: Callable[[object], np.ndarray], out_d
         w = csv.DictWriter(fh, fieldnames=SHEET_COLUMNS)
         w.writeheader()
         w.writerows(sheet)
-    (out / "README.txt").write_text(README)
+    (out / "README.txt").write_text(README, encoding="utf-8")
     key_path.parent.mkdir(parents=True, exist_ok=True)
     with key_path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=KEY_COLUMNS)

@@ -43,7 +43,7 @@ def _yn(v: str, where: str) -> bool | None:
 
 
 def read_key(path: str | Path) -> dict[str, dict[str, str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return {r["item"]: r for r in csv.DictReader(fh)}
 
 

@@ -169,14 +169,14 @@ def _write_site_files(site: str, site_dir: Path, rows: list[dict], seed: int, si
         ds = {"name": "CBTN", "description": "plgg-fl synthetic pediatric low-grade glioma (T2)",
               "channel_names": {"0": "T2"}, "labels": {"background": 0, "tumor": 1},
               "numTraining": n_tr, "file_ending": ".nii.gz"}
-        (site_dir / "Dataset501_CBTN" / "dataset.json").write_text(json.dumps(ds, indent=2) + "\n")
+        (site_dir / "Dataset501_CBTN" / "dataset.json").write_text(json.dumps(ds, indent=2) + "\n", encoding="utf-8")
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     info = {"generator": "plgg_fl.synth", "generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
             "site": site, "spacing_mm": list(prof.spacing(base_mm)), "shape": list(prof.shape(base_mm)),
             "image_dtype": prof.dtype, "counts": counts,
             "note": "synthetic data; location centres and world_to_mni are MNI152 2009a mm",
             "cases": rows}
-    (site_dir / "cohort.json").write_text(json.dumps(info, indent=1) + "\n")
+    (site_dir / "cohort.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return write_manifest(man, site_dir / "manifest.yaml")
 
 
@@ -189,7 +189,7 @@ def _prepare_site_dir(site_dir: Path) -> None:
     ours = False
     if marker.is_file():
         try:
-            ours = json.loads(marker.read_text()).get("generator") == "plgg_fl.synth"
+            ours = json.loads(marker.read_text(encoding="utf-8")).get("generator") == "plgg_fl.synth"
         except (OSError, ValueError):
             ours = False
     if ours:
