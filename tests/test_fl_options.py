@@ -40,3 +40,22 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     assert "fedprox" in Path(res.workspace / "server" / "simulate_job" / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8")
     assert "Aggregated 2/2 results" in server_log
     assert "fedprox_mu=0.01" in res.site_log("cbtn").read_text(encoding="utf-8")  # the server's mu reached the site
+
+
+def test_fedopt_server_optimiser_on_pinned_sites(tmp_path):
+    from plgg_fl.synth import generate_cohort
+
+    manifests = generate_cohort(tmp_path / "cohort", size="tiny", sites=["cbtn", "dfci_bch"], progress=False)
+    opts = StageOptions(preset="tiny", num_rounds=2, local_steps=1, send="diff",
+                        server_opt={"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}}},
+                        train={"patch_size": [32, 32, 32], "batch_size": 1, "spacing_mm": [4.0, 4.0, 4.0], "device": "cpu"})
+    with pytest.raises(ValueError, match="send: diff"):
+        decoder_recipe(StageOptions(preset="tiny", send="diff", server_opt=opts.server_opt))
+    from plgg_fl.fl.recipes import finetune_recipe
+
+    res = run_in_simulator(finetune_recipe(opts, sites=["cbtn"]), ["cbtn", "dfci_bch"], tmp_path / "ws", manifests,
+                           printer=lambda s: None, timeout_s=300)
+    res.sites = ["cbtn"]  # dfci_bch connected but not pinned: evaluation-only
+    check_training(res, 2)
+    assert "FedOpt" in (res.workspace / "server" / "log.txt").read_text()
+    assert "round 0" not in res.site_log("dfci_bch").read_text()  # the unpinned site never trained

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
+from nvflare.app_opt.pt.fedopt_ctl import FedOpt
 
 
 class PinnedFedAvg(FedAvg):
@@ -53,3 +54,21 @@ class PinnedFedAvg(FedAvg):
                 merged.update(aggr_result.params)
                 aggr_result.params = merged
         return super().update_model(model, aggr_result)
+
+
+class PinnedFedOpt(FedOpt):
+    """NVFlare's FedOpt (server-side optimiser on the averaged weight differences) over fixed sites.
+
+    Clients must send differences (``send: diff``) of the whole network (stage 1/2): FedOpt steps
+    the server model's parameters with the averaged difference as gradient.
+    """
+
+    def __init__(self, *args, sites: list[str], **kwargs):
+        if not sites:
+            raise ValueError("PinnedFedOpt needs at least one site")
+        kwargs["num_clients"] = len(sites)
+        super().__init__(*args, **kwargs)
+        self.sites = list(sites)
+        self.device = str(self.device)  # FedOpt keeps a torch.device, which NVFlare's job export cannot write
+
+    sample_clients = PinnedFedAvg.sample_clients

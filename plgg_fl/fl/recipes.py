@@ -71,7 +71,9 @@ class StageOptions:
     ``diff`` (weight differences); ``fedprox_mu``: FedProx proximal weight (0 = plain FedAvg);
     ``privacy``: ``{"kind": "percentile"|"svt", **filter args}`` - an NVFlare privacy filter on every
     training result; ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
-    the site sets ``$PLGG_FL_RECORD_SENDS``).
+    the site sets ``$PLGG_FL_RECORD_SENDS``); ``server_opt``: FedOpt instead of FedAvg on the server,
+    ``{"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
+    "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only.
     """
 
     preset: str = "small"
@@ -81,6 +83,7 @@ class StageOptions:
     fedprox_mu: float = 0.0
     privacy: dict[str, Any] | None = None
     record_sends: bool = True
+    server_opt: dict[str, Any] | None = None
     train: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -142,12 +145,34 @@ class _PackageScript:
 class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
     """NVFlare's PyTorch FedAvgRecipe with :class:`PinnedFedAvg` as the server workflow."""
 
-    def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, **kwargs):
+    def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, server_opt: dict | None = None, **kwargs):
         self._sites = list(sites)
         self._fedprox_mu = fedprox_mu or None
+        self._server_opt = server_opt
         super().__init__(min_clients=len(self._sites), **kwargs)
+        if server_opt:  # FedOpt steps a model object on the server (its weights come from the persistor)
+            from plgg_fl.fl.model import SeededPlggUNet
+
+            self._job.to_server(SeededPlggUNet(**self.model["args"]), id="server_opt_model")
 
     def _create_controller(self, persistor_id, model_params, model_aggregator):
+        if self._server_opt:
+            from nvflare.recipe.utils import ensure_config_type_dict
+
+            from plgg_fl.fl.controller import PinnedFedOpt
+
+            opt = self._server_opt
+            return PinnedFedOpt(
+                sites=self._sites,
+                num_rounds=self.num_rounds,
+                persistor_id=persistor_id,
+                task_name="train",
+                source_model="server_opt_model",
+                optimizer_args=ensure_config_type_dict(opt["optimizer"]),
+                lr_scheduler_args=ensure_config_type_dict(opt.get("lr_scheduler") or {
+                    "path": "torch.optim.lr_scheduler.ConstantLR", "args": {"factor": 1.0, "total_iters": 0}}),
+                device="cpu",
+            )
         return PinnedFedAvg(
             sites=self._sites,
             num_rounds=self.num_rounds,
@@ -190,12 +215,15 @@ def training_recipe(
         raise ValueError(f"stage must be 'full' or 'decoder', got {stage!r}")
     if opts.send not in ("full", "diff"):
         raise ValueError(f"send must be 'full' or 'diff', got {opts.send!r}")
+    if opts.server_opt and (stage != "full" or opts.send != "diff"):
+        raise ValueError("server_opt (FedOpt) needs a whole-network stage with send: diff")
     if initial_ckpt is not None and not Path(initial_ckpt).is_absolute():
         raise ValueError(f"initial_ckpt must be an absolute path on the server, got {initial_ckpt!r}")
     recipe = PinnedFedAvgRecipe(
         name=name,
         sites=sites,
         fedprox_mu=opts.fedprox_mu,
+        server_opt=opts.server_opt,
         model=model_config(opts.preset, opts.train.get("seed", 0)),
         initial_ckpt=initial_ckpt,
         num_rounds=opts.num_rounds,
