@@ -2,35 +2,41 @@
 
 The contract (docs/CONTRACTS.md): PlggUNet, PRESETS, encoder_decoder_keys, freeze_encoder,
 TrainConfig, Trainer, validate, evaluate_cases, save_checkpoint, load_checkpoint.
+
+Names are imported on first use (PEP 562), so ``import plgg_fl.engine`` (and every ``plgg-fl``
+command's start-up) does not pay for torch + MONAI until a command actually needs them.
 """
 
-from plgg_fl.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from plgg_fl.engine.config import TrainConfig
-from plgg_fl.engine.infer import Prediction, predict, validate
-from plgg_fl.engine.networks import PRESETS, PlggUNet, encoder_decoder_keys, freeze_encoder, unfreeze_encoder
-from plgg_fl.engine.train import Trainer
+from importlib import import_module
 
-__all__ = [
-    "PRESETS",
-    "PlggUNet",
-    "Prediction",
-    "TrainConfig",
-    "Trainer",
-    "encoder_decoder_keys",
-    "evaluate_cases",
-    "freeze_encoder",
-    "load_checkpoint",
-    "predict",
-    "read_checkpoint",
-    "save_checkpoint",
-    "unfreeze_encoder",
-    "validate",
-]
+#: public name -> module that defines it
+_EXPORTS = {
+    "load_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "TrainConfig": "config",
+    "Prediction": "infer",
+    "predict": "infer",
+    "validate": "infer",
+    "PRESETS": "networks",
+    "PlggUNet": "networks",
+    "encoder_decoder_keys": "networks",
+    "freeze_encoder": "networks",
+    "unfreeze_encoder": "networks",
+    "Trainer": "train",
+    "evaluate_cases": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # evaluate is imported lazily (pulls in csv/json writers and scipy)
-    if name == "evaluate_cases":
-        from plgg_fl.engine.evaluate import evaluate_cases
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'plgg_fl.engine' has no attribute {name!r}")
+    value = getattr(import_module(f"plgg_fl.engine.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
 
-        return evaluate_cases
-    raise AttributeError(name)
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
