@@ -134,3 +134,31 @@ def test_progress_lines_name_stage_site_round(tiny_run):
     text = "\n".join(tiny_run["lines"])
     assert "stepwise: plgg_decoder at cbtn, dfci_bch" in text
     assert re.search(r"\[cbtn\] round 0: val_dice\(global\)=\d\.\d+ train_loss=", text)
+
+
+def test_method_models_are_engine_checkpoints_that_export_and_predict(tiny_run, tmp_path):
+    """runs/<name>/models/<method>.pt: the federated global weights with preset, preprocessing and
+    provenance, usable by `plgg-fl export` and `plgg-fl predict` without the run around it."""
+    import nibabel as nib
+    import numpy as np
+
+    from plgg_fl.engine import load_checkpoint
+    from plgg_fl.predict.export import export_model
+    from plgg_fl.predict.run import PredictOptions, predict_inputs
+
+    out = tiny_run["out"]
+    assert tiny_run["metrics"]["models"] == {"stepwise": "models/stepwise.pt", "adult_only": "models/adult_only.pt"}
+    model, cfg, meta = load_checkpoint(out / "models" / "stepwise.pt")
+    final = _state(out / "checkpoints" / "stepwise_plgg_decoder.pt")
+    assert all(torch.equal(model.state_dict()[k], final[k]) for k in final)
+    assert cfg.preset == "tiny" and tuple(cfg.spacing_mm) == tuple(tiny_run["cfg"].stages["decoder"].options.train["spacing_mm"])
+    assert [j["job"] for j in meta["jobs"]] == ["brats_pretrain", "plgg_finetune", "plgg_decoder"]
+    assert set(meta["test_metrics"]) == {"cbtn", "dfci_bch"}
+
+    case = load_manifest(tiny_run["cfg"].cohort_dir / "cbtn" / "manifest.yaml").split("test")[0]
+    exported = export_model(out / "models" / "stepwise.pt", tmp_path / "export")
+    summary = predict_inputs([case.image], exported, tmp_path / "preds", PredictOptions(progress=False))
+    assert summary.exit_code == 0
+    mask = nib.load(next((tmp_path / "preds").glob("*_mask.nii.gz")))
+    image = nib.load(case.image)
+    assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)

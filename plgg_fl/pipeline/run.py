@@ -7,6 +7,9 @@ Outputs::
                                                {"model": state_dict, ...}); local/pooled: engine format
     runs/<name>/logs/<method>/<job>/<site>.log every site's (and the server's) simulator log
     runs/<name>/sends/<job>/<site>.jsonl       what each site sent (with record_sends)
+    runs/<name>/models/<method>.pt             each method's final model as an engine checkpoint (preset,
+                                               preprocessing, stages/sites/rounds and test Dice in meta):
+                                               what `plgg-fl export` / `plgg-fl predict` take
     runs/<name>/metrics.json, metrics.csv      per-round training metrics and evaluation results
     runs/<name>/summary.txt                    the table printed at the end
     runs/<name>/nvflare/...                    the simulator workspaces
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from plgg_fl.fl import recipes
 from plgg_fl.pipeline.config import PipelineConfig, dump_config
+from plgg_fl.pipeline.models import write_method_models
 from plgg_fl.pipeline.report import summary_rows, summary_table
 from plgg_fl.pipeline.simulate import StageFailed, check_evaluation, check_training, run_in_simulator
 
@@ -125,7 +129,7 @@ class Pipeline:
     def run(self) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        for sub in ("logs", "sends", "checkpoints"):
+        for sub in ("logs", "sends", "checkpoints", "models"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
         (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         self.manifests = ensure_cohort(cfg, self.printer)
@@ -149,10 +153,13 @@ class Pipeline:
         if "pooled" in methods:
             self.models["pooled"] = self.train_local("pooled", cfg.stages["finetune"].sites)
         evaluation = self.evaluate()
+        finals = {m: p for m, p in self.models.items() if m != "adult_only_init"}
+        models = write_method_models(cfg, finals, self.stages, evaluation, self.out / "models")
         rows = summary_rows(evaluation, list(m for m in self.models if m != "adult_only_init"))
         table = summary_table(rows, cfg.eval_sites)
         metrics = {"name": cfg.name, "wall_s": round(time.perf_counter() - self.t0, 2), "stages": self.stages,
-                   "evaluation": evaluation, "summary": rows}
+                   "evaluation": evaluation, "summary": rows,
+                   "models": {m: str(p.relative_to(self.out)) for m, p in models.items()}}
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
         with (self.out / "metrics.csv").open("w", newline="") as fh:
             w = csv.writer(fh)

@@ -1,0 +1,69 @@
+"""Each method's final model as a self-contained engine checkpoint, for ``plgg-fl export`` / ``predict``.
+
+NVFlare's persistor saves a global model as ``{"model": state_dict, ...}``: weights only, no preset,
+no preprocessing. The pipeline knows both, so after a run it writes ``runs/<name>/models/<method>.pt``
+with :func:`plgg_fl.engine.save_checkpoint` (weights, preset and its arguments, the TrainConfig the
+sites trained with, preprocessing) and a ``meta`` naming the stages, sites and rounds behind it and the
+scalar test metrics each site reported. ``plgg-fl export runs/<name>/models/stepwise.pt OUT`` then
+gives a model for clinical inference with its model card filled in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from plgg_fl.engine import PlggUNet, TrainConfig, read_checkpoint, save_checkpoint
+from plgg_fl.pipeline.config import PipelineConfig
+
+_S1 = ("stage1", "brats_pretrain")
+#: the (pipeline method label, job) steps behind each method's final model, in order
+CHAINS = {
+    "adult_only": [_S1],
+    "transfer": [_S1, ("stepwise", "plgg_finetune")],
+    "stepwise": [_S1, ("stepwise", "plgg_finetune"), ("stepwise", "plgg_decoder")],
+    "scratch": [("scratch", "plgg_finetune"), ("scratch", "plgg_decoder")],
+}
+
+
+def _chain(method: str) -> list[tuple[str, str]]:
+    return CHAINS.get(method, [_S1, (method, "in_process")])  # pooled, local_only[<site>]: stage 1 + engine
+
+
+def _weights(path: Path) -> tuple[dict, dict | None]:
+    """(state_dict, engine train_config or None) from an engine or an NVFlare PT checkpoint."""
+    try:
+        ck = read_checkpoint(path)
+        return ck["state_dict"], ck["train_config"]
+    except ValueError:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(ck, dict) or "model" not in ck:
+            raise ValueError(f"{path}: neither an engine checkpoint nor an NVFlare global model") from None
+        return ck["model"], None
+
+
+def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: list[dict], evaluation: dict,
+                        out_dir: Path) -> dict[str, Path]:
+    """Write ``out_dir/<method>.pt`` for every method in ``models``; returns method -> path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for method, path in models.items():
+        state, train_cfg = _weights(path)
+        tcfg = TrainConfig.from_dict(train_cfg or {**cfg.stages["finetune"].options.train, "preset": cfg.preset})
+        model = PlggUNet(preset=tcfg.preset)
+        model.load_state_dict(state)
+        chain = _chain(method)
+        jobs = [{"job": s["job"], "sites": s["sites"], "rounds": len(s.get("rounds") or []), "wall_s": s.get("wall_s")}
+                for step in chain for s in stages if (s["method"], s["job"]) == step]
+        meta = {
+            "method": method,
+            "run": cfg.name,
+            "jobs": jobs,
+            "test_metrics": {site: {k: v for k, v in per.get(method, {}).items() if "dice" in k.lower()}
+                             for site, per in evaluation.items()},
+            "source_checkpoint": path.name,
+        }
+        written[method] = save_checkpoint(out_dir / f"{method}.pt", model, tcfg, step=0, meta=meta)
+    return written
+
