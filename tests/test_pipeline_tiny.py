@@ -162,3 +162,22 @@ def test_method_models_are_engine_checkpoints_that_export_and_predict(tiny_run, 
     mask = nib.load(next((tmp_path / "preds").glob("*_mask.nii.gz")))
     image = nib.load(case.image)
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+
+
+def test_sites_stream_round_metrics_to_server_tensorboard(tiny_run):
+    """Experiment tracking: each pinned site's per-round train loss and val Dice reach the server's
+    TensorBoard logs (NVFlare analytics events), copied to runs/<name>/tensorboard/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tiny_run["out"] / "tensorboard"
+    for stage in tiny_run["metrics"]["stages"][:3]:
+        method = "stage1" if stage["job"] == "brats_pretrain" else "stepwise"
+        for site in stage["sites"]:
+            acc = EventAccumulator(str(tb / method / stage["job"] / site))
+            acc.Reload()
+            loss = acc.Scalars("train_loss")
+            sent = [m["value"] for r in stage["rounds"] for s in r["sites"] if s["name"] == site
+                    for m in s["metrics"] if m["name"] == "train_loss"]
+            assert sent, (stage["job"], site)
+            assert [e.step for e in loss] == list(range(len(sent)))
+            assert [e.value for e in loss] == pytest.approx(sent, rel=1e-5)  # TB stores float32

@@ -40,6 +40,7 @@ from nvflare.client.config import ExchangeFormat
 from nvflare.job_config.base_fed_job import BaseFedJob
 from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 from nvflare.recipe.spec import Recipe
+from nvflare.recipe.utils import add_experiment_tracking
 
 from plgg_fl.fl.controller import PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
@@ -233,6 +234,9 @@ def training_recipe(
         key_metric_mode="max",
         server_expected_format=ExchangeFormat.PYTORCH,
     )
+    # Each site's per-round train loss and val Dice are streamed to the server (NVFlare analytics
+    # events), which writes TensorBoard logs under its job workspace (tb_events/<site>/).
+    add_experiment_tracking(recipe, "tensorboard")
     return _finish(recipe, opts)
 
 

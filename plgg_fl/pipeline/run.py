@@ -7,6 +7,8 @@ Outputs::
                                                {"model": state_dict, ...}); local/pooled: engine format
     runs/<name>/logs/<method>/<job>/<site>.log every site's (and the server's) simulator log
     runs/<name>/sends/<job>/<site>.jsonl       what each site sent (with record_sends)
+    runs/<name>/tensorboard/<method>/<job>/<site>/  per-round train_loss and val_dice each site streamed
+                                               to the server (`tensorboard --logdir runs/<name>/tensorboard`)
     runs/<name>/models/<method>.pt             each method's final model as an engine checkpoint (preset,
                                                preprocessing, stages/sites/rounds and test Dice in meta):
                                                what `plgg-fl export` / `plgg-fl predict` take
@@ -99,6 +101,9 @@ class Pipeline:
             log = res.workspace / site / "log.txt"
             if log.is_file():
                 shutil.copy2(log, dest / f"{site}.log")
+        tb = res.workspace / "server" / "simulate_job" / "tb_events"  # what the sites streamed to the server
+        if tb.is_dir():
+            shutil.copytree(tb, self.out / "tensorboard" / method / res.name, dirs_exist_ok=True)
 
     def train_local(self, label: str, sites: list[str]) -> Path:
         """Stage 2 + 3 budgets run in-process through the engine on ``sites``' pooled training cases."""
@@ -129,7 +134,7 @@ class Pipeline:
     def run(self) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        for sub in ("logs", "sends", "checkpoints", "models"):
+        for sub in ("logs", "sends", "checkpoints", "models", "tensorboard"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
         (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         self.manifests = ensure_cohort(cfg, self.printer)

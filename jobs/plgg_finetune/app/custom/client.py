@@ -26,6 +26,7 @@ import torch
 import yaml
 
 import nvflare.client as flare
+from nvflare.client.tracking import SummaryWriter
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
@@ -64,6 +65,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     flare.init()
+    tracker = SummaryWriter()  # scalars streamed to the server's TensorBoard receiver
     site = flare.get_site_name()
     site_cfg = resolve_site_config(site)
     manifest = load_manifest(site_cfg.manifest)
@@ -109,6 +111,8 @@ def main(argv=None) -> None:
                 f"train_loss={metrics['train_loss']:.4f} steps={out['steps']}"
                 + (f" fedprox_mu={trainer.mu:g}" if trainer.mu else "")
             )
+            for name, value in metrics.items():  # the same scalars that go to the server with the weights
+                tracker.add_scalar(name, value, global_step=received.current_round)
             flare.send(
                 FLModel(params=params, params_type=ptype, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": out["steps"]})
             )
