@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # NVFlare's INFO chatter while jobs are built is not for the user
+        logging.getLogger("nvflare").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -124,15 +124,16 @@ class _LogFollower(threading.Thread):
 
 
 def quiet_console_log_config(folder: Path) -> str:
-    """Path of a log config file: NVFlare's concise config with the console at WARNING (site and
-    server log files keep INFO; the pipeline prints progress itself). A file, because inline JSON
-    does not survive the simulator's command line."""
+    """Path of a log config file: NVFlare's concise config with the console at ERROR (site and
+    server log files keep INFO and every warning, e.g. the routine "ask to stop job: END_RUN" of each
+    job's shutdown; the pipeline prints progress itself and a failing site's error lines). A file,
+    because inline JSON does not survive the simulator's command line."""
     import copy
 
     from nvflare.fuel.utils.log_utils import concise_log_dict
 
     cfg = copy.deepcopy(concise_log_dict)
-    cfg["handlers"]["consoleHandler"]["level"] = "WARNING"
+    cfg["handlers"]["consoleHandler"]["level"] = "ERROR"
     path = Path(folder) / "log_config_quiet_console.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
