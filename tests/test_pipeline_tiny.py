@@ -181,3 +181,17 @@ def test_sites_stream_round_metrics_to_server_tensorboard(tiny_run):
             assert sent, (stage["job"], site)
             assert [e.step for e in loss] == list(range(len(sent)))
             assert [e.value for e in loss] == pytest.approx(sent, rel=1e-5)  # TB stores float32
+
+
+def test_sites_poll_for_the_next_task_at_the_jobs_interval(tiny_run):
+    """The jobs' task_request_interval (0.5 s, not NVFlare's 2 s) reaches every site's task loop."""
+    from plgg_fl.fl.recipes import TASK_REQUEST_INTERVAL_S
+
+    logs = tiny_run["out"] / "logs"
+    for stage in tiny_run["metrics"]["stages"][:3]:
+        method = "stage1" if stage["job"] == "brats_pretrain" else "stepwise"
+        for site in stage["sites"]:
+            text = (logs / method / stage["job"] / f"{site}.log").read_text(encoding="utf-8", errors="replace")
+            intervals = re.findall(r"Finished one task run for client: \S+ interval: ([\d.]+)", text)
+            assert len(intervals) == len(stage["rounds"]), (stage["job"], site)
+            assert {float(i) for i in intervals} == {TASK_REQUEST_INTERVAL_S}
