@@ -192,14 +192,15 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
 
 
 def _finish(recipe: Recipe, opts: StageOptions) -> Recipe:
+    """Settings every job shares: app package, server task interval, output filters."""
+    recipe._job.set_app_packages(["plgg_fl"])  # Recipe exposes no public accessor in 2.9
+    # a dict given to the server becomes top-level keys of config_fed_server.json
+    recipe._job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL_S}})
     with at_script_dir():  # adding filters makes NVFlare resolve the client script now
         return _add_filters(recipe, opts)
 
 
 def _add_filters(recipe: Recipe, opts: StageOptions) -> Recipe:
-    recipe._job.set_app_packages(["plgg_fl"])  # Recipe exposes no public accessor in 2.9
-    # a dict given to the server becomes top-level keys of config_fed_server.json
-    recipe._job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL_S}})
     if opts.privacy:
         spec = dict(opts.privacy)
         kind = spec.pop("kind", None)
