@@ -182,7 +182,7 @@ def time_case(model, cfg, fast_cfg, opts, src: Path, out: Path, truth: np.ndarra
         "naive_voxels_outside_brain": int((m_naive.astype(bool) & ~brain).sum()),
     }
     if attribute:  # which part changes the mask: the brain box, or bf16 + batched windows?
-        fp32_opts = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1)
+        fp32_opts = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1, crop=opts.crop)
         t0 = time.perf_counter()
         m_fp32 = plgg_predict(model, inference_config(cfg, fp32_opts), src, out, fp32_opts)
         r["predict_fp32_sw1_s"] = time.perf_counter() - t0
