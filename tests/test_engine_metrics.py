@@ -51,6 +51,46 @@ def test_shift_along_fine_axis_is_measured_in_mm():
     assert case_metrics(pred, ref, SPACING, nsd_tolerance_mm=0.25)["surface_dice"] < 1.0
 
 
+def _box_surfel_areas(n, s):
+    """Surfel areas (mm^2) of an axis-aligned box of n = (nx, ny, nz) voxels with spacing s, by the
+    marching-cubes surfels of Nikolov et al. 2021 (one surfel per voxel-corner vertex on the surface):
+    face-interior vertex = one voxel face; edge vertex = a chamfer strip of half-diagonals; corner
+    vertex = the triangle through the three half-edges. Returns (face interiors {axis pair: area},
+    edges {axis: area of one whole edge}, corner)."""
+    (nx, ny, nz), (sx, sy, sz) = n, s
+    faces = {"xy": (nx - 1) * (ny - 1) * sx * sy, "xz": (nx - 1) * (nz - 1) * sx * sz, "yz": (ny - 1) * (nz - 1) * sy * sz}
+    edges = {"x": (nx - 1) * sx * 0.5 * math.hypot(sy, sz), "y": (ny - 1) * sy * 0.5 * math.hypot(sx, sz),
+             "z": (nz - 1) * sz * 0.5 * math.hypot(sx, sy)}
+    corner = math.sqrt((sy * sz) ** 2 + (sx * sz) ** 2 + (sx * sy) ** 2) / 8
+    return faces, edges, corner
+
+
+def test_surface_dice_is_surfel_based_on_anisotropic_grid():
+    """Nikolov et al. 2021 NSD (area-weighted surfels), worked out by hand for a 10 x 8 x 4 voxel box at
+    0.5 x 0.5 x 3 mm and the same box one slice (3 mm) higher. The edge-voxel count (MONAI's default,
+    use_subvoxels=False) gives 0.43 at 0.4 mm and 0.64 at 2 mm instead."""
+    s, n = (0.5, 0.5, 3.0), (10, 8, 4)
+    ref = cube(shape=(16, 14, 10), lo=(3, 3, 2), side=n)
+    pred = cube(shape=(16, 14, 10), lo=(3, 3, 3), side=n)
+    faces, edges, corner = _box_surfel_areas(n, s)
+    total = 2 * sum(faces.values()) + 4 * sum(edges.values()) + 8 * corner  # one box's surface
+    # The far cap (ref: its bottom face; pred: its top face), with its rim (2 x-edges, 2 y-edges, 4
+    # corners), lies 3 mm from the other box's surface. Both boxes' side faces (and their vertical edges)
+    # coincide over the overlapping slices, and the near cap's rim lies on the other box's side faces: 0 mm.
+    far_cap = faces["xy"] + 2 * edges["x"] + 2 * edges["y"] + 4 * corner
+    # Tolerance 0.4 mm (< the 0.5 mm in-plane step): only vertices shared by both surfaces count. Not
+    # counted besides the far cap: the interior of the near cap (>= 0.5 mm in-plane from the other's side
+    # faces, 3 mm from its cap).
+    want_04 = (total - far_cap - faces["xy"]) / total
+    assert case_metrics(pred, ref, s, nsd_tolerance_mm=0.4)["surface_dice"] == pytest.approx(want_04, abs=1e-5)
+    # Tolerance 2 mm (default): every near-cap vertex is <= 4 in-plane steps (2 mm) from the rim (the box is
+    # 8 voxels wide in y), so only the far caps miss.
+    want_2 = (total - far_cap) / total
+    assert case_metrics(pred, ref, s)["surface_dice"] == pytest.approx(want_2, abs=1e-5)
+    assert (round(want_04, 3), round(want_2, 3)) == (0.762, 0.828)
+    assert case_metrics(pred, ref, s, nsd_tolerance_mm=3.0)["surface_dice"] == pytest.approx(1.0)
+
+
 def test_nested_boxes_volume_difference_and_precision():
     ref = cube()
     pred = cube(lo=(4, 6, 2), side=(8, 12, 2))  # half of the reference

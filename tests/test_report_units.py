@@ -35,8 +35,9 @@ def test_study_values_average_references_and_keep_undefined_hd95_out():
     assert math.isnan(row["p_vs_scratch"])  # no scratch in this run
 
 
-def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict):
-    """A run folder by hand: site 's', one case; model_<n> labelled ``name`` with Dice ``d``."""
+def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict, nsd_tolerance_mm: float = 2.0):
+    """A run folder by hand: site 's', one case; model_<n> labelled ``name`` with Dice ``d``. The rows
+    carry no ``nsd_tolerance_mm`` (as per_case.csv files written before that column); the summary does."""
     import json
 
     from plgg_fl.engine.evaluate import summarise, write_json, write_rows
@@ -50,7 +51,7 @@ def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict):
                  "surface_dice": d, "sensitivity": d, "precision": d, "vol_pred_ml": 1.0, "vol_ref_ml": 1.0, "vol_diff_ml": 0.0,
                  "hd95_defined": True, "pred_empty": False, "ref_empty": False, "spacing_mm": "1x1x1"}]
         write_rows(rows, base / "test" / "per_case.csv")
-        write_json(summarise(rows), base / "test" / "summary.json")
+        write_json(summarise(rows, nsd_tolerance_mm=nsd_tolerance_mm), base / "test" / "summary.json")
         (base / "model.json").write_text(json.dumps({"model": name, "order": n}), encoding="utf-8")
 
 
@@ -70,3 +71,32 @@ def test_result_folders_take_the_label_checked_against_the_numbers(tmp_path):
     _fake_run(tmp_path / "c", [("stepwise", 0.2), ("scratch", 0.6)], {"stepwise": {key: 0.6}, "scratch": {key: 0.2}})
     run = load_run(tmp_path / "c")
     assert run.per_case[("s", "stepwise")][0]["dice"] == 0.6 and len(run.notes) == 2
+
+
+def test_surface_dice_label_carries_the_tolerance_the_results_used(tmp_path):
+    from plgg_fl.engine.evaluate import read_rows, write_rows
+    from plgg_fl.report.collect import load_run
+    from plgg_fl.report.tables import multirater_cells, multirater_table, study_cells, study_table, surface_dice_label
+
+    key = "test/groups/model_vs_ref/dice/median"
+    # summary computed at 1.5 mm (per_case.csv without the column): the label says 1.5 mm, not the default 2
+    _fake_run(tmp_path / "a", [("stepwise", 0.6)], {"stepwise": {key: 0.6}}, nsd_tolerance_mm=1.5)
+    run = load_run(tmp_path / "a")
+    study = study_table(run.per_case, ["s"], ["stepwise"])
+    head, _ = study_cells(study)
+    assert "Surface Dice (1.5 mm) median [IQR]" in head and not any("2 mm" in h for h in head)
+    assert study[0]["nsd_tolerances_mm"] == [1.5]
+    # rows that carry the column (as evaluate_cases writes them) label themselves
+    rows = [dict(r, nsd_tolerance_mm=1.5) for r in run.per_case[("s", "stepwise")]]
+    rows += [dict(rows[0], comparison="ref_vs_ref2", a="ref", b="ref2"), dict(rows[0], comparison="model_vs_ref2", b="ref2")]
+    write_rows(rows, tmp_path / "per_case.csv")
+    back = read_rows(tmp_path / "per_case.csv")
+    assert {r["nsd_tolerance_mm"] for r in back} == {1.5}
+    head, _ = multirater_cells(multirater_table({"stepwise": back}))
+    assert "Surface Dice (1.5 mm) median [IQR]" in head
+    # nothing recorded / different tolerances: said so, never assumed
+    assert surface_dice_label([None]) == "Surface Dice (tolerance not recorded)"
+    assert surface_dice_label([1.5, 2.0]) == "Surface Dice (tolerances differ: 1.5, 2 mm)"
+    head, body = study_cells(study + [dict(study[0], method="scratch", nsd_tolerances_mm=[2.0])])
+    assert "Surface Dice (tolerances differ: 1.5, 2 mm) median [IQR]" in head
+    assert "[1.5 mm]" in body[0][head.index("Surface Dice (tolerances differ: 1.5, 2 mm) median [IQR]")]

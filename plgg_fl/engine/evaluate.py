@@ -5,7 +5,9 @@ keys, so it may leave a site) goes to ``summary.json``. Comparison names: ``mode
 ``<rater_a>_vs_<rater_b>`` (inter-rater, each unordered pair once). Two pooled groups are added
 when there are several raters: ``model_vs_raters`` and ``inter_rater`` (per-case mean over the
 raters / pairs, for the paper's "AI vs experts" against "expert vs expert"), with a paired
-Wilcoxon test of their per-case Dice. Metrics and the empty-mask policy: :mod:`.metrics`.
+Wilcoxon test of their per-case Dice. Metrics and the empty-mask policy: :mod:`.metrics`. Surface
+Dice is the surfel-based NSD (Nikolov et al. 2021); the tolerance it used, ``nsd_tolerance_mm``, is a
+column of every row and a key of the summary, so reports can label it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from tqdm.auto import tqdm
 
 from plgg_fl.engine.config import TrainConfig
 from plgg_fl.engine.infer import load_mask, predict
-from plgg_fl.engine.metrics import EMPTY_MASK_POLICY, METRICS, case_metrics, describe, paired_wilcoxon
+from plgg_fl.engine.metrics import (
+    EMPTY_MASK_POLICY,
+    METRICS,
+    SURFACE_DICE_DEFINITION,
+    case_metrics,
+    describe,
+    paired_wilcoxon,
+)
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["key", "comparison", "a", "b", *METRICS, "hd95_defined", "pred_empty", "ref_empty", "spacing_mm"]
+COLUMNS = ["key", "comparison", "a", "b", *METRICS, "hd95_defined", "pred_empty", "ref_empty", "spacing_mm", "nsd_tolerance_mm"]
 POOLED_METRICS = ("dice", "surface_dice")
 
 
@@ -73,9 +82,11 @@ def evaluate_cases(
             refs[rater] = m
         spacing = tuple(float(z) for z in nib.load(str(image)).header.get_zooms()[:3])
         for rater, m in refs.items():
-            rows.append(_row(key, f"model_vs_{rater}", "model", rater, case_metrics(pred.mask, m, spacing, nsd_tolerance_mm), spacing))
+            rows.append(_row(key, f"model_vs_{rater}", "model", rater, case_metrics(pred.mask, m, spacing, nsd_tolerance_mm),
+                             spacing, nsd_tolerance_mm))
         for ra, rb in itertools.combinations(refs, 2):
-            rows.append(_row(key, f"{ra}_vs_{rb}", ra, rb, case_metrics(refs[ra], refs[rb], spacing, nsd_tolerance_mm), spacing))
+            rows.append(_row(key, f"{ra}_vs_{rb}", ra, rb, case_metrics(refs[ra], refs[rb], spacing, nsd_tolerance_mm),
+                             spacing, nsd_tolerance_mm))
     summary = summarise(rows, nsd_tolerance_mm=nsd_tolerance_mm)
     summary["n_cases"] = len(cases)
     if out is not None:
@@ -87,15 +98,18 @@ def evaluate_cases(
     return rows, summary
 
 
-def _row(key: str, comparison: str, a: str, b: str, m: dict[str, Any], spacing) -> dict[str, Any]:
-    return {"key": key, "comparison": comparison, "a": a, "b": b, **m, "spacing_mm": "x".join(f"{s:g}" for s in spacing)}
+def _row(key: str, comparison: str, a: str, b: str, m: dict[str, Any], spacing, nsd_tolerance_mm: float) -> dict[str, Any]:
+    return {"key": key, "comparison": comparison, "a": a, "b": b, **m, "spacing_mm": "x".join(f"{s:g}" for s in spacing),
+            "nsd_tolerance_mm": float(nsd_tolerance_mm)}
 
 
 def summarise(rows: Sequence[dict[str, Any]], nsd_tolerance_mm: float = 2.0) -> dict[str, Any]:
     """Per comparison and metric: median [q1, q3], mean, sd, n, n_undefined (see metrics.describe).
 
     Adds pooled ``model_vs_raters`` / ``inter_rater`` groups (per-case means of dice and surface_dice)
-    and their paired Wilcoxon test when several raters exist.
+    and their paired Wilcoxon test when several raters exist. ``nsd_tolerance_mm`` must be the tolerance
+    the rows' surface_dice was computed with; it is stored with the summary (with
+    ``surface_dice_definition``) for labels.
     """
     by_cmp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -106,6 +120,7 @@ def summarise(rows: Sequence[dict[str, Any]], nsd_tolerance_mm: float = 2.0) -> 
         "groups": groups,
         "empty_mask_policy": EMPTY_MASK_POLICY,
         "nsd_tolerance_mm": nsd_tolerance_mm,
+        "surface_dice_definition": SURFACE_DICE_DEFINITION,
     }
     pooled: dict[str, dict[str, dict[str, float]]] = {}
     for name, pick in (("model_vs_raters", lambda r: r["a"] == "model"), ("inter_rater", lambda r: r["a"] != "model")):
@@ -134,7 +149,8 @@ def compare_models(rows_a, rows_b, comparison: str, metric: str = "dice") -> dic
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``per_case.csv`` back (numbers as floats, flags as bools, NaN for 'undefined')."""
+    """Read a ``per_case.csv`` back (numbers as floats, flags as bools, NaN for 'undefined').
+    ``nsd_tolerance_mm`` is a float, or None for files written before it was a column."""
     out = []
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -143,6 +159,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                 row[m] = math.nan if r[m] in ("", "undefined") else float(r[m])
             for flag in ("hd95_defined", "pred_empty", "ref_empty"):
                 row[flag] = r[flag] == "True"
+            tol = r.get("nsd_tolerance_mm")
+            row["nsd_tolerance_mm"] = float(tol) if tol not in (None, "") else None
             out.append(row)
     return out
 

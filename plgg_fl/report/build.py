@@ -4,7 +4,8 @@ Output (default ``RUN_DIR/report/``)::
 
     report.md, report.html     the report (the HTML embeds every image; it is the file to share)
     img/*.png                  figures and gallery overlays
-    data/study_table.csv       the study table's numbers (one row per test set x method x metric)
+    data/study_table.csv       the study table's numbers (one row per test set x method x metric; the
+                               surface_dice rows name the tolerance used, nsd_tolerance_mm)
     data/multirater_table.csv  the multi-rater table's numbers
     data/dice_per_case.csv     the plotted per-case Dice and reference volume (ml)
     data/val_dice_rounds.csv   the plotted validation Dice per federated stage, round and site
@@ -52,12 +53,15 @@ def _write_csvs(study: list[dict], multi: dict[str, list[dict]], data: Path) -> 
     data.mkdir(parents=True, exist_ok=True)
     with (data / "study_table.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["site", "method", "reference", "metric", "n", "n_undefined", "median", "q1", "q3", "mean", "sd", "p_vs_scratch_dice"])
+        w.writerow(["site", "method", "reference", "metric", "n", "n_undefined", "median", "q1", "q3", "mean", "sd", "p_vs_scratch_dice",
+                    "nsd_tolerance_mm"])
         for r in study:
+            # the tolerance(s) of the surface_dice row ("" = not recorded; several joined by ";")
+            tol = ";".join("" if t is None else f"{t:g}" for t in r.get("nsd_tolerances_mm", [None]))
             for m, _, _ in tables.STUDY_METRICS:
                 d = r[m]
                 w.writerow([r["site"], r["method"], r["reference"], m, d["n"], d["n_undefined"], d["median"], d["q1"], d["q3"],
-                            d["mean"], d["sd"], r["p_vs_scratch"]])
+                            d["mean"], d["sd"], r["p_vs_scratch"], tol if m == "surface_dice" else ""])
     with (data / "multirater_table.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["site", "method", "comparison", "n", "median", "q1", "q3", "mean", "sd", "median_diff_vs_inter", "p_vs_inter"])
@@ -144,6 +148,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     doc += [("h2", "Study table"),
             ("table", h, b, f"Per test set ({roles}) and method: per-case metrics vs the reference (cases with several experts: "
                             "mean over experts). Volume diff. = predicted - reference (ml). HD95 undefined when one mask is empty. "
+                            "Surface Dice: normalised surface Dice, surfel-based (Nikolov et al. 2021), at the tolerance in its header. "
                             "p: two-sided paired Wilcoxon signed-rank test of per-case Dice against scratch, pairs = case keys within the test set "
                             "(n/a: scratch not run, or no non-zero paired difference).")]
     small = min((r["n"] for r in study), default=0)

@@ -17,6 +17,10 @@ folder with ``model.json`` (the model name the server sent). The report checks t
 numbers: the folder's ``summary.json`` scalars must equal the scalars the site sent for that method
 (``metrics.json`` ``evaluation[site][method]``). A unique numeric match wins (a disagreeing label is
 noted), then the label, then the order in which the pipeline listed its models (noted).
+
+The surface-Dice tolerance of each row is its ``nsd_tolerance_mm`` column; per-case files written
+before that column existed take the ``nsd_tolerance_mm`` of the ``summary.json`` beside them, and
+stay None (labelled "tolerance not recorded") when neither has it.
 """
 
 from __future__ import annotations
@@ -171,7 +175,8 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
         order = [m for m in pipeline_order if m in sent] or pipeline_order
         for i, d in enumerate(dirs):
             summ = d / "summary.json"
-            matched = _match(_flatten(json.loads(summ.read_text(encoding="utf-8")), f"{run.split}/"), sent) if summ.is_file() else None
+            summary = json.loads(summ.read_text(encoding="utf-8")) if summ.is_file() else {}
+            matched = _match(_flatten(summary, f"{run.split}/"), sent) if summary else None
             label = d.parent / "model.json"  # written by the client: the model name the server sent
             named = json.loads(label.read_text(encoding="utf-8")).get("model") if label.is_file() else None
             if named and matched and named != matched:
@@ -180,6 +185,11 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
             if method is None:
                 method = order[i] if i < len(order) else f"model_{i + 1}"
                 run.notes.append(f"{site}: {d.parent.name} taken as {method!r} by order (scalars did not identify it)")
-            run.per_case[(site, method)] = read_rows(d / "per_case.csv")
+            rows = read_rows(d / "per_case.csv")
+            tol = summary.get("nsd_tolerance_mm")
+            for r in rows:
+                if r.get("nsd_tolerance_mm") is None and isinstance(tol, (int, float)) and not isinstance(tol, bool):
+                    r["nsd_tolerance_mm"] = float(tol)
+            run.per_case[(site, method)] = rows
             run.per_case_paths[(site, method)] = d / "per_case.csv"
     return run
