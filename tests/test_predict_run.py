@@ -148,7 +148,7 @@ def test_no_overwrite_without_flag_and_no_half_file(ckpt, tmp_path, monkeypatch)
     out2 = tmp_path / "out2"
     s = predict_inputs([src], ckpt, out2, PredictOptions(**QUIET))
     assert s.exit_code == 1 and "simulated failure" in s.failures[0].error
-    assert sorted(p.name for p in out2.iterdir()) == ["summary.json", "volumes.csv"]
+    assert sorted(p.name for p in out2.iterdir()) == ["predict.log", "summary.json", "volumes.csv"]
 
 
 def test_export_gives_the_same_mask_as_its_checkpoint(ckpt, tmp_path):

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 
-log = logging.getLogger(__name__)
+
+def _fail(command: str, exc: BaseException) -> int:
+    """One line on stderr, ``plgg-fl <command>: error: <what>``; exit code 2 (the run could not start)."""
+    what = str(exc)
+    if isinstance(exc, OSError) and exc.filename and not isinstance(exc, (FileExistsError, FileNotFoundError)):
+        what = f"{exc.filename}: {exc.strerror or exc}"
+    print(f"plgg-fl {command}: error: {what}", file=sys.stderr)
+    return 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,14 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segment T2 scans (NIfTI file/folder, manifest, DICOM series) with a checkpoint or export",
         description=(
             "Segment whole tumour on skull-stripped T2 scans. Writes <key>_mask.nii.gz on each input's exact "
-            "grid, volumes.csv (ml) and summary.json. Scans must be skull-stripped (zero outside the brain) "
-            "or come with a brain mask; no skull-stripping network is bundled. Exit code 1 if any input failed."
+            "grid, volumes.csv (ml, with each row's input file), summary.json and predict.log. <key> is the file "
+            "name without extension and nnU-Net's _0000; inputs sharing a name get their folder names folded in "
+            "(patientA__t2). Scans must be skull-stripped (zero outside the brain) or come with a brain mask; no "
+            "skull-stripping network is bundled. Exit code 1 if any input failed, 2 if the run could not start."
         ),
     )
     p.add_argument("inputs", nargs="+", help="NIfTI/MHA/NRRD file, folder of them, manifest (.yaml/.json), or DICOM folder")
     p.add_argument("--model", "-m", required=True, help="engine checkpoint (.pt) or `plgg-fl export` folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--brain-mask", dest="brain_masks", help="brain mask file (one input) or folder of <key>.nii.gz masks")
+    p.add_argument("--brain-mask", dest="brain_masks", help="brain mask file (one input) or folder of masks named exactly <key>.nii.gz or <key>_brainmask.nii.gz")
     p.add_argument("--split", choices=("train", "val", "test"), help="with a manifest: only this split")
     p.add_argument("--prob", action="store_true", help="also write <key>_prob.nii.gz (foreground probability)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirror test-time augmentation (default: the model's)")
@@ -63,9 +72,8 @@ def _predict(args: argparse.Namespace) -> int:
     )
     try:
         summary = predict_inputs(args.inputs, args.model, args.out, opts)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    except (OSError, ValueError) as exc:  # SetupError, reports present, no model, output unwritable
+        return _fail("predict", exc)
     print(summary.text())
     return summary.exit_code
 
@@ -75,8 +83,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         out = export_model(args.ckpt, args.out, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    except (OSError, ValueError) as exc:
+        return _fail("export", exc)
     print(f"exported {args.ckpt} -> {out}")
     return 0

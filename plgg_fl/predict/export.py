@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from plgg_fl.predict.io import atomic_write
+from plgg_fl.predict.io import SetupError, atomic_write
 
+log = logging.getLogger(__name__)
 FORMAT = "plgg-fl-export/1"
 WEIGHTS, CARD = "model.pt2", "model_card.json"
 MAX_BATCH = 64
@@ -69,13 +71,50 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+class ModelError(SetupError):
+    """``--model`` (or ``export``'s checkpoint) exists but is not a plgg-fl model."""
+
+
+_WANTED = "expected an engine checkpoint (.pt) saved by plgg-fl or a folder made by `plgg-fl export`"
+
+
+def _what_file(path: Path) -> str:
+    """A short guess at what ``path`` is, from its first bytes (for the error message)."""
+    if path.is_dir():
+        return "a folder that is not a complete plgg-fl export (model_card.json or model.pt2 unreadable)"
+    with open(path, "rb") as f:
+        head = f.read(352)
+    if not head:
+        return "an empty file"
+    if head[:2] == b"\x1f\x8b" or head[344:347] in (b"n+1", b"ni1"):
+        return "a (gzip-compressed) file such as a NIfTI scan, not a model"
+    if head[:4] == b"PK\x03\x04":
+        return "a PyTorch/zip file that is truncated, corrupt, or not saved by plgg-fl"
+    return "not a PyTorch checkpoint"
+
+
+def _open_model(path: Path, load: Any) -> Any:
+    """``load()``, with any failure to read the model turned into one :class:`ModelError` naming ``path``.
+
+    torch's own message is not passed on: for a file it cannot unpickle safely it advises loading
+    with ``weights_only=False``, which would run arbitrary code from an unknown file.
+    """
+    try:
+        return load()
+    except Exception:  # noqa: BLE001 - what failed is reported as what the file is
+        log.debug("%s: cannot be loaded as a model", path)
+        raise ModelError(f"{path}: not a plgg-fl model: {_what_file(path)}; {_WANTED}") from None
+
+
 def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Export engine checkpoint ``ckpt`` to folder ``out`` (``model.pt2`` + ``model_card.json``)."""
     from plgg_fl.engine.checkpoint import load_checkpoint, read_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
-    raw = read_checkpoint(ckpt)
-    model, cfg, meta = load_checkpoint(ckpt, device="cpu")
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    raw = _open_model(ckpt, lambda: read_checkpoint(ckpt))
+    model, cfg, meta = _open_model(ckpt, lambda: load_checkpoint(ckpt, device="cpu"))
     model.eval()
     window = tuple(int(s) for s in cfg.patch_size)
     example = torch.zeros(2, 1, *window)
@@ -132,16 +171,16 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, 
     if path.is_dir():
         card_path = path / CARD
         if not card_path.is_file():
-            raise FileNotFoundError(f"{path}: no {CARD}; not a plgg-fl export folder")
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        if card.get("format") != FORMAT:
-            raise ValueError(f"{card_path}: unknown format {card.get('format')!r} (expected {FORMAT})")
-        program = torch.export.load(str(path / card["weights"]))
+            raise ModelError(f"{path}: not a plgg-fl model: no {CARD} in this folder; {_WANTED}")
+        card = _open_model(path, lambda: json.loads(card_path.read_text(encoding="utf-8")))
+        if not isinstance(card, dict) or card.get("format") != FORMAT:
+            raise ModelError(f"{card_path}: unknown format {card.get('format') if isinstance(card, dict) else None!r} (expected {FORMAT})")
+        program = _open_model(path, lambda: torch.export.load(str(path / card["weights"])))
         if dev.type != "cpu":
             from torch.export.passes import move_to_device_pass
 
             program = move_to_device_pass(program, dev)
         cfg = TrainConfig.from_dict(card["train_config"]).replace(device=dev.type)
         return ExportedNet(program.module()), cfg, card
-    model, cfg, meta = load_checkpoint(path, device=dev)
-    return model, cfg.replace(device=dev.type), meta
+    model, cfg, meta = _open_model(path, lambda: load_checkpoint(path, device="cpu"))
+    return model.to(dev), cfg.replace(device=dev.type), meta

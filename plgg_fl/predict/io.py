@@ -22,10 +22,17 @@ from typing import Any, Callable
 import nibabel as nib
 import numpy as np
 
+from plgg_fl.predict.runlog import nibabel_notes
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OTHER_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+CHANNEL_SUFFIX = "_0000"  # nnU-Net's first (here: only) input channel
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class SetupError(ValueError):
+    """The run cannot start (exit code 2): unusable --model, --out or --brain-mask, or clashing outputs."""
 
 
 class InputError(ValueError):
@@ -46,6 +53,7 @@ class ScanInput:
     kind: str  # "nifti" | "sitk" | "dicom"
     series_uid: str | None = None
     brain_mask: Path | None = None
+    brain_mask_error: str | None = None  # why no brain mask was matched (that scan then fails)
 
 
 @dataclass
@@ -57,6 +65,7 @@ class Scan:
     affine: np.ndarray
     header: Any = None  # nibabel header of a NIfTI input (copied into the outputs)
     extra: dict = field(default_factory=dict)
+    file_shape: tuple[int, ...] | None = None  # the file's own shape if it differs, e.g. (X, Y, Z, 1)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,14 +83,15 @@ class Scan:
 
 
 def key_from_name(path: Path) -> str:
-    """``case_0001_0000.nii.gz`` -> ``case_0001`` (extension and nnU-Net channel suffix removed)."""
+    """``case_0001_0000.nii.gz`` -> ``case_0001``: extension and the nnU-Net channel suffix ``_0000``
+    removed, nothing else (``pat_0002.nii.gz`` -> ``pat_0002``)."""
     name = path.name
     for suf in NIFTI_SUFFIXES + OTHER_SUFFIXES:
         if name.lower().endswith(suf):
             name = name[: -len(suf)]
             break
-    if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
-        name = name[:-5]
+    if len(name) > len(CHANNEL_SUFFIX) and name.endswith(CHANNEL_SUFFIX):
+        name = name[: -len(CHANNEL_SUFFIX)]
     return name
 
 
@@ -104,12 +114,11 @@ def _dicom_series(folder: Path) -> list[ScanInput]:
     return found
 
 
-def discover_inputs(source: str | Path, split: str | None = None, brain_masks: str | Path | None = None) -> list[ScanInput]:
-    """Expand a file, folder, manifest or DICOM folder into :class:`ScanInput` items.
+def discover_inputs(source: str | Path, split: str | None = None) -> list[ScanInput]:
+    """Expand a file, folder (its files, not sub-folders), manifest or DICOM folder into :class:`ScanInput` items.
 
-    ``brain_masks``: a mask file (single input) or a folder holding ``<key>.nii.gz`` /
-    ``<key>_brainmask.nii.gz`` per scan, on the scan's grid. Raises :class:`InputError` if
-    ``source`` holds nothing to segment.
+    Keys are as found here; making them unique across a run and matching brain masks is
+    :mod:`plgg_fl.predict.naming`'s job. Raises :class:`InputError` if ``source`` holds nothing to segment.
     """
     src = Path(source)
     if not src.exists():
@@ -131,35 +140,11 @@ def discover_inputs(source: str | Path, split: str | None = None, brain_masks: s
         items = [ScanInput(key_from_name(p), p, _kind(p)) for p in files] or _dicom_series(src)
         if not items:
             raise InputError(src, "folder holds no NIfTI/MHA/NRRD file and no DICOM series")
-    seen: dict[str, int] = {}
-    for it in items:  # unique output names
-        if it.key in seen:
-            seen[it.key] += 1
-            it.key = f"{it.key}_{seen[it.key]}"
-        else:
-            seen[it.key] = 0
-    if brain_masks is not None:
-        _attach_brain_masks(items, Path(brain_masks))
     return items
 
 
 def _kind(p: Path) -> str:
     return "nifti" if p.name.lower().endswith(NIFTI_SUFFIXES) else "sitk"
-
-
-def _attach_brain_masks(items: list[ScanInput], bm: Path) -> None:
-    if bm.is_file():
-        if len(items) != 1:
-            raise InputError(bm, "a single brain-mask file needs a single input scan; pass a folder of <key>.nii.gz masks")
-        items[0].brain_mask = bm
-        return
-    for it in items:
-        for name in (f"{it.key}.nii.gz", f"{it.key}_brainmask.nii.gz", f"{it.key}.nii"):
-            if (bm / name).is_file():
-                it.brain_mask = bm / name
-                break
-        else:  # a missing mask is that scan's error, reported when it is processed
-            it.brain_mask = bm / f"{it.key}.nii.gz"
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -173,6 +158,12 @@ def read_scan(item: ScanInput) -> Scan:
 
 
 def _read_nifti(item: ScanInput) -> Scan:
+    """nibabel's header messages go to the run log (:func:`nibabel_notes`), not to the console."""
+    with nibabel_notes(item.path):
+        return _load_nifti(item)
+
+
+def _load_nifti(item: ScanInput) -> Scan:
     path = item.path
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -191,7 +182,9 @@ def _read_nifti(item: ScanInput) -> Scan:
         arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         raise InputError(path, f"unreadable: file is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    return Scan(item, arr, np.asarray(img.affine, dtype=np.float64), header=img.header, extra={"dtype": str(img.get_data_dtype())})
+    file_shape = tuple(int(n) for n in img.shape) if len(img.shape) != 3 else None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Scan(item, arr, affine, header=img.header, extra={"dtype": str(img.get_data_dtype())}, file_shape=file_shape)
 
 
 def _read_sitk(item: ScanInput) -> Scan:
@@ -210,12 +203,13 @@ def _read_sitk(item: ScanInput) -> Scan:
         raise InputError(path, f"unreadable: {str(exc).strip().splitlines()[-1]}") from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"not a grey-level image ({img.GetNumberOfComponentsPerPixel()} components per voxel)")
-    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+    file_shape = tuple(img.GetSize()) if img.GetDimension() == 4 and img.GetSize()[3] == 1 else None
+    if file_shape:
         img = img[:, :, :, 0]
     if img.GetDimension() != 3 or min(img.GetSize()) < 2:
         raise InputError(path, f"not a 3D volume: size {img.GetSize()} (one 3D T2 image expected)")
     arr = sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0)  # (k,j,i) -> (i,j,k)
-    return Scan(item, np.ascontiguousarray(arr), sitk_affine(img), extra={"sitk_geometry": sitk_geometry(img)})
+    return Scan(item, np.ascontiguousarray(arr), sitk_affine(img), extra={"sitk_geometry": sitk_geometry(img)}, file_shape=file_shape)
 
 
 def sitk_affine(img) -> np.ndarray:
@@ -280,14 +274,14 @@ def atomic_write(path: str | Path, save: Callable[[Path], None], overwrite: bool
 def write_like(array: np.ndarray, scan: Scan, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``array`` (file voxel order, ``scan.shape``) as NIfTI on ``scan``'s exact grid, atomically.
 
-    NIfTI inputs: the input header is copied (qform/sform and their codes, units), only the data
+    The file gets the input file's own shape (an (X, Y, Z, 1) input gets an (X, Y, Z, 1) output). NIfTI inputs: the input header is copied (qform/sform and their codes, units), only the data
     type changes. Other inputs: qform = sform = the scan's RAS affine. After writing, the file is
     read back and its shape, affine and orientation checked against the input (``check_grid``).
     """
     if tuple(array.shape) != scan.shape:
         raise ValueError(f"array shape {array.shape} != input shape {scan.shape}")
     dtype = np.uint8 if array.dtype in (np.bool_, np.uint8) else np.float32
-    data = np.asarray(array, dtype=dtype)
+    data = np.asarray(array, dtype=dtype).reshape(scan.file_shape or scan.shape)
 
     def save(tmp: Path) -> None:
         if isinstance(scan.header, nib.Nifti1Header):
@@ -301,17 +295,22 @@ def write_like(array: np.ndarray, scan: Scan, path: str | Path, overwrite: bool 
             img.set_qform(scan.affine, code=1)
             img.set_sform(scan.affine, code=1)
         img.header.set_slope_inter(1.0, 0.0)
-        nib.save(img, str(tmp))
+        with nibabel_notes(path):
+            nib.save(img, str(tmp))
 
-    return atomic_write(path, save, overwrite=overwrite, check=lambda tmp: check_grid(tmp, scan))
+    def check(tmp: Path) -> None:
+        with nibabel_notes(path):
+            check_grid(tmp, scan)
+
+    return atomic_write(path, save, overwrite=overwrite, check=check)
 
 
 def check_grid(path: Path, scan: Scan) -> None:
-    """Raise ``RuntimeError`` unless ``path`` has ``scan``'s shape, affine (1e-4 mm) and axis codes."""
+    """Raise ``RuntimeError`` unless ``path`` has the input file's shape, ``scan``'s affine (1e-4 mm) and axis codes."""
     out = nib.load(str(path))
     problems = []
-    if tuple(out.shape[:3]) != scan.shape:
-        problems.append(f"shape {out.shape} != {scan.shape}")
+    if tuple(out.shape) != (scan.file_shape or scan.shape):
+        problems.append(f"shape {out.shape} != {scan.file_shape or scan.shape}")
     if not np.allclose(out.affine, scan.affine, atol=1e-4):
         problems.append(f"affine differs:\n{out.affine}\nvs input\n{scan.affine}")
     if nib.aff2axcodes(out.affine) != nib.aff2axcodes(scan.affine):
@@ -320,7 +319,8 @@ def check_grid(path: Path, scan: Scan) -> None:
     if geo is not None:  # DICOM & co: also compare what SimpleITK (hence Slicer/ITK-SNAP) sees
         import SimpleITK as sitk
 
-        back = sitk_geometry(sitk.ReadImage(str(path)))
+        img = sitk.ReadImage(str(path))
+        back = sitk_geometry(img[:, :, :, 0] if img.GetDimension() == 4 else img)
         for k in ("size", "spacing", "origin", "direction"):
             if not np.allclose(back[k], geo[k], atol=1e-4):
                 problems.append(f"SimpleITK {k} {back[k]} != input {geo[k]}")

@@ -41,8 +41,14 @@ def check_scan(scan: Scan) -> None:
     a, path = scan.array, scan.source.path
     if a.ndim != 3 or min(a.shape) < MIN_SIDE:
         raise InputError(path, f"not a 3D volume: shape {a.shape} (each side needs >= {MIN_SIDE} voxels)")
-    if not np.isfinite(a).all():
-        raise InputError(path, "image holds NaN or infinite values")
+    n_bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if n_bad:
+        raise InputError(
+            path,
+            f"image holds NaN or infinite values ({n_bad} voxels, {n_bad / a.size:.1%} of the volume); resampling and "
+            "registration tools often write NaN outside the field of view: if they lie outside the brain set them to 0 "
+            "(e.g. fslmaths IN -nan OUT), otherwise export the scan again",
+        )
     nz = a[a != 0]
     if nz.size == 0:
         raise InputError(path, "empty image: every voxel is zero")

@@ -3,8 +3,13 @@
 One bad input never stops the others: its error (file + problem) is recorded, the rest go on, and
 the run's exit code is 1 if anything failed. Per input the outputs are ``<key>_mask.nii.gz`` (uint8,
 1 = whole tumour) and optionally ``<key>_prob.nii.gz`` (float32 foreground probability), both with
-exactly the input's shape, affine and orientation (checked after writing). The run writes
-``volumes.csv`` (tumour volume in ml per scan) and ``summary.json``.
+exactly the input's shape, affine and orientation (checked after writing); keys are unique within
+a run (:mod:`plgg_fl.predict.naming`). The run writes ``volumes.csv`` (tumour volume in ml per scan,
+with its input file), ``summary.json`` and appends to ``predict.log`` (:mod:`plgg_fl.predict.runlog`).
+
+Before any scan is read, the run checks what would make it fail as a whole and raises
+:class:`SetupError` (the CLI's exit code 2): the output folder is not writable, two inputs would
+write one file, a brain-mask file does not fit the inputs, the model is not a plgg-fl model.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import csv
 import io as _io
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +29,13 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from plgg_fl.predict.io import InputError, ScanInput, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
+from plgg_fl.predict.io import InputError, ScanInput, SetupError, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
+from plgg_fl.predict.naming import attach_brain_masks, check_outputs, drop_repeats, make_keys_unique, output_paths
 from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, n4_correct
+from plgg_fl.predict.runlog import FILE_LOG, run_log
 
 log = logging.getLogger(__name__)
-CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "mask", "prob", "seconds", "error")
+CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "brain_mask", "mask", "prob", "seconds", "error")
 
 
 @dataclass
@@ -56,11 +65,14 @@ class PredictOptions:
 
 @dataclass
 class CaseResult:
+    """One row of ``volumes.csv``: ``input`` is the scan file (DICOM: its folder), ``volume_ml`` in ml."""
+
     key: str
     input: str
     status: str = "failed"  # "ok" | "failed"
     volume_ml: float | None = None
     voxels: int | None = None
+    brain_mask: str | None = None
     mask: str | None = None
     prob: str | None = None
     seconds: float = 0.0
@@ -82,24 +94,49 @@ class Summary:
         return 1 if self.failures or not self.results else 0
 
     def text(self) -> str:
+        """The printed summary: one line per input, naming its key, result and input file."""
         ok = len(self.results) - len(self.failures)
         lines = [f"{ok} of {len(self.results)} scan(s) segmented -> {self.out_dir}"]
-        lines += [f"  {r.key}: {r.volume_ml:.2f} ml" for r in self.results if r.status == "ok"]
+        lines += [f"  {r.key}: {r.volume_ml:.2f} ml  ({r.input})" for r in self.results if r.status == "ok"]
         if self.failures:
             lines.append(f"{len(self.failures)} FAILED:")
-            lines += [f"  {r.error}" for r in self.failures]
+            lines += [f"  {r.key}: {_problem(r)}  ({r.input})" for r in self.failures]
         return "\n".join(lines)
+
+
+def _problem(r: CaseResult) -> str:
+    """``r.error`` without the leading ``"<input>: "`` (the summary names the input anyway)."""
+    err = r.error or "failed"
+    return err[len(r.input) + 2 :] if err.startswith(f"{r.input}: ") else err
 
 
 def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: PredictOptions) -> CaseResult:
     """Segment one input and write its outputs. Raises on any problem (the caller isolates it)."""
     from plgg_fl.engine.infer import predict as engine_predict
 
-    res = CaseResult(key=item.key, input=str(item.path))
-    mask_path, prob_path = out_dir / f"{item.key}_mask.nii.gz", out_dir / f"{item.key}_prob.nii.gz"
-    for p in (mask_path, prob_path) if opts.prob else (mask_path,):
+    res = CaseResult(key=item.key, input=str(item.path), brain_mask=str(item.brain_mask) if item.brain_mask else None)
+    for p in output_paths(item, out_dir, opts.prob):
         if p.exists() and not opts.overwrite:  # fail before spending compute
             raise FileExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    if item.brain_mask_error:
+        raise InputError(item.path, item.brain_mask_error)
+    scan, brain, image = _checked_input(item, cfg, opts)
+    crop = cfg.crop_to_brain if opts.crop is None else opts.crop
+    box = brain_box(brain, scan.affine, opts.margin_mm) if crop else tuple(slice(0, n) for n in scan.shape)
+    sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
+    pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
+    mask = _paste(pred.mask, box, brain, np.uint8)
+    prob = _paste(pred.prob, box, brain, np.float32) if opts.prob else None
+    paths = _write_outputs(scan, mask, prob, output_paths(item, out_dir, opts.prob), opts.overwrite)
+    res.voxels = int(mask.sum())
+    res.volume_ml = round(res.voxels * scan.voxel_ml, 4)
+    res.mask, res.prob = str(paths[0]), (str(paths[1]) if opts.prob else None)
+    res.status = "ok"
+    return res
+
+
+def _checked_input(item: ScanInput, cfg: Any, opts: PredictOptions) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(scan, boolean brain region, image to segment: zero outside a given brain mask, N4 if asked)."""
     scan = read_scan(item)
     check_scan(scan)
     given = read_brain_mask(item.brain_mask, scan) if item.brain_mask is not None else None
@@ -108,30 +145,28 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     n4 = opts.n4 if opts.n4 is not None else bool(cfg.extra.get("n4", False))
     if n4:
         image = n4_correct(image, brain, scan.spacing_mm)
-    crop = cfg.crop_to_brain if opts.crop is None else opts.crop
-    box = brain_box(brain, scan.affine, opts.margin_mm) if crop else tuple(slice(0, n) for n in scan.shape)
-    sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
-    pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
-    mask = np.zeros(scan.shape, np.uint8)
-    mask[box] = pred.mask
-    mask[~brain] = 0  # tumour lies inside the brain (also where the inverse resampling smears)
+    return scan, brain, image
+
+
+def _paste(values: np.ndarray, box: tuple[slice, ...], brain: np.ndarray, dtype: Any) -> np.ndarray:
+    """``values`` (the box's prediction) in a full-grid array, 0 outside ``box`` and outside the brain."""
+    full = np.zeros(brain.shape, dtype)
+    full[box] = values
+    full[~brain] = 0  # tumour lies inside the brain (also where the inverse resampling smears)
+    return full
+
+
+def _write_outputs(scan: Any, mask: np.ndarray, prob: np.ndarray | None, paths: list[Path], overwrite: bool) -> list[Path]:
+    """Write the mask (and probability map) on ``scan``'s grid; on any failure none of them is left."""
     written: list[Path] = []
     try:
-        written.append(write_like(mask, scan, mask_path, overwrite=opts.overwrite))
-        if opts.prob:
-            prob = np.zeros(scan.shape, np.float32)
-            prob[box] = pred.prob
-            prob[~brain] = 0.0
-            written.append(write_like(prob, scan, prob_path, overwrite=opts.overwrite))
+        for array, path in zip((mask, prob), paths):
+            written.append(write_like(array, scan, path, overwrite=overwrite))
     except BaseException:
         for p in written:  # leave no partial set of outputs behind
             p.unlink(missing_ok=True)
         raise
-    res.voxels = int(mask.sum())
-    res.volume_ml = round(res.voxels * scan.voxel_ml, 4)
-    res.mask, res.prob = str(mask_path), (str(prob_path) if opts.prob else None)
-    res.status = "ok"
-    return res
+    return written
 
 
 def inference_config(cfg: Any, opts: PredictOptions) -> Any:
@@ -156,39 +191,86 @@ def _error_text(item: ScanInput, exc: BaseException) -> str:
     return f"{item.path}: {type(exc).__name__}: {exc}"
 
 
+def collect_inputs(sources: Sequence[str | Path], out_dir: Path, opts: PredictOptions) -> tuple[list[ScanInput], list[CaseResult]]:
+    """(scans to segment with unique keys and their brain masks, failed rows for sources holding none).
+
+    Raises :class:`SetupError` if two inputs would write one file, an output would replace an input,
+    or ``opts.brain_masks`` does not fit the inputs (:mod:`plgg_fl.predict.naming`).
+    """
+    items: list[ScanInput] = []
+    failed: list[CaseResult] = []
+    for src in sources:
+        try:
+            items += discover_inputs(src, split=opts.split)
+        except InputError as exc:
+            failed.append(CaseResult(key=Path(src).name, input=str(src), error=str(exc)))
+    items = drop_repeats(items)
+    make_keys_unique(items)
+    if opts.brain_masks is not None and items:
+        attach_brain_masks(items, opts.brain_masks)
+    check_outputs(items, Path(out_dir), opts.prob)
+    return items, failed
+
+
+def prepare_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    """Create ``out`` and prove it writable; return the report paths (``volumes.csv``, ``summary.json``).
+
+    Raises :class:`SetupError` if the folder cannot be written, ``FileExistsError`` if the reports
+    exist and ``overwrite`` is False.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".plgg-fl-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SetupError(f"{out}: output folder not writable ({exc.strerror or exc}); choose another --out") from None
+    reports = out / "volumes.csv", out / "summary.json"
+    for p in reports:
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p}: already exists; pass --overwrite or choose another --out")
+    return reports
+
+
+def _run_one(model: Any, cfg: Any, item: ScanInput, out: Path, opts: PredictOptions) -> CaseResult:
+    """:func:`segment_scan` with its failure turned into a failed row (message on the console, traceback in the log)."""
+    t0 = time.perf_counter()
+    try:
+        res = segment_scan(model, cfg, item, out, opts)
+        FILE_LOG.info("%s: ok, %s ml -> %s", item.path, res.volume_ml, res.mask)
+    except Exception as exc:  # noqa: BLE001 - isolate every input
+        expected = isinstance(exc, (InputError, FileExistsError))
+        FILE_LOG.debug("%s: failed", item.path, exc_info=not expected)
+        res = CaseResult(key=item.key, input=str(item.path), error=_error_text(item, exc))
+        res.brain_mask = str(item.brain_mask) if item.brain_mask else None
+        log.error("%s", res.error)
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res
+
+
 def predict_inputs(sources: Sequence[str | Path], model_path: str | Path, out_dir: str | Path, opts: PredictOptions | None = None) -> Summary:
-    """Segment every scan found in ``sources`` with the model at ``model_path`` (checkpoint or export)."""
+    """Segment every scan found in ``sources`` with the model at ``model_path`` (checkpoint or export).
+
+    Everything that would stop the whole run is checked first, before any scan is read: raises
+    :class:`SetupError`, ``FileExistsError`` (reports present, no ``overwrite``) or ``FileNotFoundError``
+    (no model).
+    """
     from plgg_fl.predict.export import load_model
 
     opts = opts or PredictOptions()
     out = Path(out_dir)
-    csv_path, json_path = out / "volumes.csv", out / "summary.json"
-    for p in (csv_path, json_path):
-        if p.exists() and not opts.overwrite:
-            raise FileExistsError(f"{p}: already exists; pass --overwrite or choose another --out")
+    items, failed = collect_inputs(sources, out, opts)
+    csv_path, json_path = prepare_output(out, opts.overwrite)
     model, cfg, _card = load_model(model_path, device=opts.device)
     cfg = inference_config(cfg, opts)
-    summary = Summary(out_dir=str(out), model=str(model_path))
-    items: list[ScanInput] = []
-    for src in sources:
-        try:
-            items += discover_inputs(src, split=opts.split, brain_masks=opts.brain_masks)
-        except InputError as exc:
-            summary.results.append(CaseResult(key=Path(src).name, input=str(src), error=str(exc)))
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(items, desc="predict", unit="scan", disable=not opts.progress)
-    for item in bar:
-        bar.set_postfix_str(item.key)
-        t0 = time.perf_counter()
-        try:
-            res = segment_scan(model, cfg, item, out, opts)
-        except Exception as exc:  # noqa: BLE001 - isolate every input
-            log.debug("failed on %s", item.path, exc_info=True)
-            res = CaseResult(key=item.key, input=str(item.path), error=_error_text(item, exc))
-            log.error("%s", res.error)
-        res.seconds = round(time.perf_counter() - t0, 3)
-        summary.results.append(res)
-    write_reports(summary, csv_path, json_path, overwrite=opts.overwrite)
+    summary = Summary(results=failed, out_dir=str(out), model=str(model_path))
+    with run_log(out):
+        FILE_LOG.info("plgg-fl predict: %d scan(s), model %s", len(items), model_path)
+        bar = tqdm(items, desc="predict", unit="scan", disable=not opts.progress)
+        for item in bar:
+            bar.set_postfix_str(item.key)
+            summary.results.append(_run_one(model, cfg, item, out, opts))
+        write_reports(summary, csv_path, json_path, overwrite=opts.overwrite)
     return summary
 
 
