@@ -37,10 +37,12 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [x / s for x in w]
 
 
-def poly_factor(step: int, max_steps: int, exponent: float = 0.9) -> float:
-    """nnU-Net's poly LR factor (1 - step/max_steps)^exponent, held at its last value past the end."""
+def poly_factor(step: int, max_steps: int, exponent: float = 0.9, warmup_steps: int = 0) -> float:
+    """nnU-Net's poly LR factor (1 - step/max_steps)^exponent, held at its last value past the end;
+    times a linear warm-up (step + 1) / warmup_steps over the first ``warmup_steps`` steps."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     step = min(step, max_steps - 1)
-    return (1.0 - step / max_steps) ** exponent
+    return warm * (1.0 - step / max_steps) ** exponent
 
 
 def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,17 +94,19 @@ class Trainer:
             raise ValueError(f"patch_size {cfg.patch_size} must be a multiple of {div} for preset {cfg.preset}")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, cfg)
+        warmup = round(cfg.warmup_fraction * cfg.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: poly_factor(s, cfg.max_steps, cfg.poly_exponent)
+            self.optimizer, lambda s: poly_factor(s, cfg.max_steps, cfg.poly_exponent, warmup)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp)
         # nnU-Net: Dice over foreground only, cross-entropy over both classes, per-sample Dice.
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+        # (cfg.batch_dice: one Dice over the batch, nnU-Net 3d_fullres's choice; docs/learning.md)
+        self.loss_fn = DiceCELoss(
+            to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=cfg.batch_dice
+        )
         self.step = 0
-        chain = preprocess(cfg, with_label=True).transforms + augment(cfg).transforms
-        from monai.transforms import Compose
-
-        self.transform = Compose(chain).set_random_state(seed=cfg.seed)
+        warm = cfg.augment_warmup_steps > 0 and cfg.augment != "off"
+        self.transform = self._chain("off" if warm else cfg.augment)
         self.dataset = CacheDataset(
             case_dicts(train_cases),
             transform=self.transform,
@@ -122,9 +126,25 @@ class Trainer:
         )
         self._batches: Iterator[dict] = self._forever()
 
+    def _chain(self, level: str):
+        """Preprocessing (cached by the dataset) + patch sampling and augmentation at ``level``, seeded."""
+        from monai.transforms import Compose
+
+        chain = preprocess(self.cfg, with_label=True).transforms + augment(self.cfg, level).transforms
+        return Compose(chain).set_random_state(seed=self.cfg.seed)
+
     def _forever(self) -> Iterator[dict]:
         while True:
             yield from self.loader
+
+    def _next_batch(self) -> dict:
+        """The next batch; at ``augment_warmup_steps`` the augmentation switches on (the cached,
+        deterministic prefix of the chain is unchanged, so nothing is re-read)."""
+        if self.step == self.cfg.augment_warmup_steps and self.cfg.augment != "off" and self.step > 0:
+            self.transform = self._chain(self.cfg.augment)
+            self.dataset.transform = self.transform
+            self._batches = self._forever()  # a new epoch: workers (if any) see the new chain
+        return next(self._batches)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Copy ``state_dict`` into the model in place (optimizer state and freeze are kept)."""
@@ -149,7 +169,7 @@ class Trainer:
         losses: list[float] = []
         bar = tqdm(range(n), desc="train", disable=not progress, leave=False)
         for _ in bar:
-            batch = next(self._batches)
+            batch = self._next_batch()
             x = batch[IMAGE].to(self.device, non_blocking=True)
             y = batch[LABEL].to(self.device, non_blocking=True)
             if self.cfg.channels_last:

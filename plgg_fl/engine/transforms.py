@@ -69,43 +69,68 @@ def preprocess(cfg: TrainConfig, with_label: bool = True, load: bool = True) -> 
     return Compose(t)
 
 
-def augment(cfg: TrainConfig) -> Compose:
-    """Random part of the training chain: pad, patch sampling, then nnU-Net-style augmentation.
-
-    Probabilities and ranges follow nnU-Net v1's defaults where MONAI has the transform.
-    """
+def sample_patches(cfg: TrainConfig) -> list:
+    """Pad to the patch size, then draw one ``cfg.patch_size`` patch, ``cfg.foreground_ratio`` of the
+    time centred on a tumour voxel."""
     keys = [IMAGE, LABEL]
     patch = tuple(cfg.patch_size)
     r = float(cfg.foreground_ratio)
-    t: list = [
+    return [
         SpatialPadd(keys=keys, spatial_size=patch),
         RandCropByPosNegLabeld(
             keys=keys, label_key=LABEL, spatial_size=patch, pos=r, neg=1.0 - r, num_samples=1, image_key=None
         ),
     ]
-    if cfg.augment:
-        rot = math.radians(30)
-        t += [
-            RandAffined(
-                keys=keys,
-                prob=0.2,
-                rotate_range=(rot, rot, rot),
-                scale_range=(0.3, 0.3, 0.3),  # zoom 0.7 - 1.3
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            RandGaussianNoised(keys=IMAGE, prob=0.1, mean=0.0, std=0.1),
-            RandGaussianSmoothd(keys=IMAGE, prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
-            RandScaleIntensityd(keys=IMAGE, prob=0.15, factors=0.25),  # brightness x[0.75, 1.25]
-            RandScaleIntensityFixedMeand(keys=IMAGE, prob=0.15, factors=0.25, preserve_range=True),  # contrast
-            RandSimulateLowResolutiond(keys=IMAGE, prob=0.25, zoom_range=(0.5, 1.0)),
-            RandAdjustContrastd(keys=IMAGE, prob=0.3, gamma=(0.7, 1.5), retain_stats=True),  # gamma
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+
+
+def augmentations(level: str) -> list:
+    """The random spatial / intensity transforms of an augmentation ``level`` (on a sampled patch).
+
+    ``nnunet``: nnU-Net v1's default set and probabilities where MONAI has the transform (rotation
+    +-30 deg, zoom 0.7-1.3, noise, blur, brightness, contrast, low resolution, gamma, mirroring).
+    ``light``: left-right mirroring (RAS axis 0; the other mirrorings put the posterior fossa on
+    top), brightness and gamma only - no resampling of the patch, so it costs almost nothing on a
+    CPU (docs/learning.md). ``off``: none.
+    """
+    keys = [IMAGE, LABEL]
+    flips = [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    if level == "off":
+        return []
+    if level == "light":
+        return [
+            RandScaleIntensityd(keys=IMAGE, prob=0.15, factors=0.25),
+            RandAdjustContrastd(keys=IMAGE, prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+            flips[0],
         ]
-    t.append(EnsureTyped(keys=keys, dtype="float32", track_meta=False))
-    return Compose(t)
+    if level != "nnunet":
+        raise ValueError(f"unknown augmentation level {level!r} (nnunet | light | off)")
+    rot = math.radians(30)
+    return [
+        RandAffined(
+            keys=keys,
+            prob=0.2,
+            rotate_range=(rot, rot, rot),
+            scale_range=(0.3, 0.3, 0.3),  # zoom 0.7 - 1.3
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandGaussianNoised(keys=IMAGE, prob=0.1, mean=0.0, std=0.1),
+        RandGaussianSmoothd(keys=IMAGE, prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        RandScaleIntensityd(keys=IMAGE, prob=0.15, factors=0.25),  # brightness x[0.75, 1.25]
+        RandScaleIntensityFixedMeand(keys=IMAGE, prob=0.15, factors=0.25, preserve_range=True),  # contrast
+        RandSimulateLowResolutiond(keys=IMAGE, prob=0.25, zoom_range=(0.5, 1.0)),
+        RandAdjustContrastd(keys=IMAGE, prob=0.3, gamma=(0.7, 1.5), retain_stats=True),  # gamma
+        *flips,
+    ]
+
+
+def augment(cfg: TrainConfig, level: str | None = None) -> Compose:
+    """Random part of the training chain: patch sampling, augmentation at ``level`` (default
+    ``cfg.augment``), then plain float32 tensors."""
+    level = cfg.augment if level is None else level
+    keys = [IMAGE, LABEL]
+    tail = [EnsureTyped(keys=keys, dtype="float32", track_meta=False)]
+    return Compose(sample_patches(cfg) + augmentations(level) + tail)
 
 
 def case_dicts(cases: Sequence[Any]) -> list[dict[str, str]]:
