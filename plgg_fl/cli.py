@@ -43,6 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The sub-command as typed, e.g. ``simulate`` or ``data check``."""
+    nested = [v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)]
+    return " ".join([args.command or "", *nested]).strip()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; errors and Ctrl-C become one line on stderr and an exit code."""
+    from plgg_fl.errors import CommandError, error_line
+
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(error_line(command_name(args), exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"plgg-fl {command_name(args)}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    return _run(args)
 
 
 if __name__ == "__main__":

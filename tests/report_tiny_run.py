@@ -42,7 +42,7 @@ class InProcessEvalPipeline(Pipeline):
         from plgg_fl.fl.locator import read_state_dict
 
         cfg = self.cfg
-        tcfg = TrainConfig.from_dict({**cfg.stages["finetune"].options.train, "preset": cfg.preset})
+        tcfg = TrainConfig.from_overrides({**cfg.stages["finetune"].options.train, "preset": cfg.preset})
         finals = {m: p for m, p in self.models.items() if m != "adult_only_init"}
         out: dict = {}
         for site in cfg.eval_sites:

@@ -136,6 +136,21 @@ def test_progress_lines_name_stage_site_round(tiny_run):
     assert re.search(r"\[cbtn\] round 0: val_dice\(global\)=\d\.\d+ train_loss=", text)
 
 
+
+def test_the_run_ends_with_its_table_and_report_command_and_evaluation_names_its_models(tiny_run):
+    lines, text = tiny_run["lines"], "\n".join(tiny_run["lines"])
+    for site in ("cbtn", "dfci_bch"):
+        for method in ("stepwise", "adult_only"):
+            assert f"[{site}] evaluation: scoring model '{method}' on test" in text
+    assert "evaluation of 2 model(s) (adult_only, stepwise) at cbtn, dfci_bch" in text
+    table = text[text.index("Dice, median [IQR], per method and test set"):text.index("\nstudy report")]
+    assert max(len(ln) for ln in table.splitlines()) <= 100
+    assert [ln.split("  ")[0] for ln in table.splitlines() if ln.startswith(("stepwise", "adult_only", "inter-expert"))] \
+        == ["adult_only", "stepwise", "inter-expert agreement"]
+    assert lines[-1].strip() == f"study report (tables, plots, failure gallery): plgg-fl report {tiny_run['out']}"
+    assert json.loads((tiny_run["out"] / "status.json").read_text(encoding="utf-8"))["state"] == "done"
+
+
 def test_method_models_are_engine_checkpoints_that_export_and_predict(tiny_run, tmp_path):
     """runs/<name>/models/<method>.pt: the federated global weights with preset, preprocessing and
     provenance, usable by `plgg-fl export` and `plgg-fl predict` without the run around it."""

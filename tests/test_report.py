@@ -160,7 +160,8 @@ def test_cli_report_and_bad_run_folder(report_run, tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "r"), "--gallery", "0"]) == 0
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "data" / "study_table.csv").is_file()
     assert main(["report", str(tmp_path)]) == 2
-    assert "not found" in capsys.readouterr().out
+    err = capsys.readouterr().err  # errors go to stderr, one line in plgg-fl's style
+    assert "not found" in err and err.startswith("plgg-fl report: error: ")
 
 
 def test_report_on_one_sites_own_results(report_run, tmp_path):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from plgg_fl.errors import CommandError
 
 __all__ = ["register"]
 
@@ -19,7 +20,8 @@ def register(subparsers) -> None:
         "check",
         help="check every case of a manifest; exit 1 if any case is unusable",
         description="Reads every image and mask once and prints one line per problem, then a summary. "
-        "Exit status: 0 all cases usable (warnings allowed), 1 some case unusable, 2 the manifest itself is invalid.",
+        "Exit status: 0 all cases usable (warnings allowed), 1 some case unusable, 2 the manifest itself is invalid "
+        "or its data root does not exist.",
     )
     check.add_argument("manifest", type=Path, help="manifest file (YAML or JSON)")
     check.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
@@ -67,8 +69,9 @@ def _check(args) -> int:
     try:
         manifest = load_manifest(args.manifest)
     except ManifestError as exc:
-        print(f"ERROR {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
+    if not manifest.root.is_dir():  # one line, not one per file
+        raise CommandError(f"data root does not exist: {manifest.root}", f"data_root of {args.manifest}")
     report = check_manifest(
         manifest, spacing_tolerance=args.spacing_tolerance, splits=args.split, progress=not args.no_progress
     )
@@ -98,8 +101,7 @@ def _import(args) -> int:
                 label_values=tuple(int(v) for v in args.labels.split(",")), **common,
             )
     except (importers.DataImportError, ValueError, OSError) as exc:
-        print(f"ERROR {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     counts = ", ".join(f"{n} {s}" for s, n in m.counts().items())
     print(f"wrote {args.out}: site {m.site}, {len(m.cases)} cases ({counts}), spacing_mm {m.spacing_mm}")
     return 0

@@ -20,13 +20,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plgg_fl.errors import CommandError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "simulator_configs" / "paper.yaml"
 
 
 def _kit(args) -> str:
     kit = args.kit or os.environ.get("PLGG_FL_ADMIN_KIT")
     if not kit:
-        raise SystemExit("plgg-fl: give --kit ADMIN_KIT_DIR (or set $PLGG_FL_ADMIN_KIT)")
+        raise CommandError("give --kit ADMIN_KIT_DIR (or set $PLGG_FL_ADMIN_KIT)")
     return kit
 
 
@@ -93,7 +95,7 @@ def run_submit(args) -> int:
     session = api.open_session(_kit(args), args.user)
     try:
         if args.no_follow and (args.chain or args.from_job):
-            raise SystemExit("plgg-fl submit: --no-follow works with --job or --stage only")
+            raise CommandError("--no-follow works with --job or --stage only")
         ckpt = args.initial_ckpt
         if args.from_job:
             ckpt = api.global_model(api.download(session, args.from_job, args.download), args.which)
@@ -105,7 +107,7 @@ def run_submit(args) -> int:
                 print(f"{o.name:16s} {o.job_id}  {o.status:24s} {o.seconds:6.0f}s  {o.result_dir}")
             return 0 if outs and all(o.ok for o in outs) and len(outs) == len(api.STAGES) else 1
         if args.job and ckpt:
-            raise SystemExit("plgg-fl submit: give --stage (not --job) to start from another model")
+            raise CommandError("give --stage (not --job) to start from another model")
         with tempfile.TemporaryDirectory(prefix="plgg_job_") as tmp:
             job = args.job or api.prepare_stage_job(args.stage, args.config, Path(tmp) / args.stage, ckpt)
             if args.no_follow:

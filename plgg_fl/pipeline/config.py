@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from plgg_fl.errors import CommandError
 from plgg_fl.fl.recipes import StageOptions
 
 #: The compared methods (Boyd et al. 2024 plus the two non-federated references).
@@ -45,8 +46,16 @@ STAGES = ("pretrain", "finetune", "decoder")
 _TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
 
 
-class ConfigError(ValueError):
-    """A simulator config that cannot run; the message names the file and the field."""
+class ConfigError(CommandError, ValueError):
+    """A simulator config that cannot run; the message names the field, ``file`` the config."""
+
+
+def check_methods(methods: list[str], origin: str | None = None) -> list[str]:
+    """``methods`` without repeats; :class:`ConfigError` listing the valid names if one is unknown."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: {', '.join(METHODS)}", origin)
+    return list(dict.fromkeys(methods))
 
 
 @dataclass
@@ -89,14 +98,14 @@ class PipelineConfig:
 
 def _stage(name: str, raw: Any, preset: str, train: dict, origin: str) -> StageSpec:
     if not isinstance(raw, dict) or not raw.get("sites"):
-        raise ConfigError(f"{origin}: stages.{name} must be a mapping with a non-empty 'sites' list")
+        raise ConfigError(f"stages.{name} must be a mapping with a non-empty 'sites' list", origin)
     raw = dict(raw)
     sites = [str(s) for s in raw.pop("sites")]
     stage_train = {**train, **(raw.pop("train", None) or {})}
     try:
         opts = StageOptions.from_dict({**raw, "preset": preset, "train": stage_train})
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: stages.{name}: {exc}") from exc
+        raise ConfigError(f"stages.{name}: {exc}", origin) from exc
     # the poly LR schedule spans the stage unless the config says otherwise
     opts.train.setdefault("max_steps", opts.num_rounds * opts.local_steps)
     return StageSpec(sites=sites, options=opts)
@@ -106,28 +115,30 @@ def load_config(path: str | Path) -> PipelineConfig:
     """Read and check a simulator config. Raises :class:`ConfigError` naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise ConfigError("config file not found", path)
     origin = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", origin) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("a config is a YAML mapping (name, cohort, stages, ...)", origin)
     unknown = set(data) - _TOP
     if unknown:
-        raise ConfigError(f"{origin}: unknown field(s) {sorted(unknown)}; known: {sorted(_TOP)}")
+        raise ConfigError(f"unknown field(s) {sorted(unknown)}; known: {sorted(_TOP)}", origin)
     cohort = data.get("cohort") or {}
     preset = str(data.get("preset", "small"))
     train = dict(data.get("train") or {})
     stages_raw = data.get("stages") or {}
     missing = [s for s in STAGES if s not in stages_raw]
     if missing:
-        raise ConfigError(f"{origin}: stages {missing} missing; every config names {list(STAGES)}")
+        raise ConfigError(f"stages {missing} missing; every config names {list(STAGES)}", origin)
     stages = {name: _stage(name, stages_raw[name], preset, train, origin) for name in STAGES}
     ev = data.get("evaluate") or {}
-    methods = list(data.get("methods") or ["stepwise"])
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ConfigError(f"{origin}: unknown method(s) {bad}; known: {list(METHODS)}")
+    methods = check_methods(list(data.get("methods") or ["stepwise"]), origin)
     handoff = data.get("handoff", "last")
     if handoff not in ("last", "best"):
-        raise ConfigError(f"{origin}: handoff must be 'last' or 'best', got {handoff!r}")
+        raise ConfigError(f"handoff must be 'last' or 'best', got {handoff!r}", origin)
     return PipelineConfig(
         name=str(data.get("name") or path.stem),
         cohort_dir=Path(cohort.get("dir", f"runs/cohorts/{path.stem}")),

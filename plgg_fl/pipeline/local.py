@@ -11,6 +11,7 @@ from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, save_checkpoint
 from plgg_fl.fl.locator import read_state_dict
 from plgg_fl.pipeline.config import PipelineConfig
+from plgg_fl.pipeline.simulate import threads_per_client
 
 
 def train_local(cfg: PipelineConfig, init_ckpt: Path, manifests: dict[str, Path], out: Path) -> Path:
@@ -18,14 +19,15 @@ def train_local(cfg: PipelineConfig, init_ckpt: Path, manifests: dict[str, Path]
     Writes an engine checkpoint at ``out`` and returns it."""
     import torch
 
-    torch.set_num_threads(1)  # like one simulated client (see plgg_fl.pipeline.simulate): same budget, same cores
+    # nothing else runs meanwhile: every core (the budget that is compared is steps, not threads)
+    torch.set_num_threads(threads_per_client(1))
     cases = [c for p in manifests.values() for c in usable_cases(load_manifest(p), "train")]
     model = PlggUNet(preset=cfg.preset)
     model.load_state_dict(read_state_dict(str(init_ckpt)))
     step = 0
     for stage, frozen in (("finetune", False), ("decoder", True)):
         opts = cfg.stages[stage].options
-        tcfg = TrainConfig.from_dict({**opts.train, "preset": cfg.preset})
+        tcfg = TrainConfig.from_overrides({**opts.train, "preset": cfg.preset})
         trainer = Trainer(model, tcfg, cases, freeze_encoder=frozen, progress=False)
         trainer.train_steps(opts.num_rounds * opts.local_steps, progress=False)
         step += trainer.step

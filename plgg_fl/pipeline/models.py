@@ -50,7 +50,10 @@ def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: li
     written = {}
     for method, path in models.items():
         state, train_cfg = _weights(path)
-        tcfg = TrainConfig.from_dict(train_cfg or {**cfg.stages["finetune"].options.train, "preset": cfg.preset})
+        if train_cfg:  # an engine checkpoint's own, complete config
+            tcfg = TrainConfig.from_dict(train_cfg)
+        else:
+            tcfg = TrainConfig.from_overrides({**cfg.stages["finetune"].options.train, "preset": cfg.preset})
         model = PlggUNet(preset=tcfg.preset)
         model.load_state_dict(state)
         chain = _chain(method)

@@ -35,21 +35,99 @@ def _cell(row: dict) -> str:
     return f"{row['median']:.3f} [{row['q1']:.3f}-{row['q3']:.3f}]"
 
 
-def summary_table(rows: list[dict], sites: list[str]) -> str:
-    """Methods down, ``site: reference`` across; each cell ``median [q1-q3]``."""
-    cols: list[tuple[str, str]] = []
+#: console width the printed tables keep to
+WIDTH = 100
+_AGREEMENT = "inter-expert agreement"
+
+
+def _split_of(reference: str) -> tuple[str, str]:
+    """``"val:model_vs_ref"`` -> ``("val", "model_vs_ref")``; the test split has no prefix."""
+    split, _, cmp = reference.rpartition(":")
+    return split or "test", cmp
+
+
+def _test_sets(rows: list[dict], sites: list[str]) -> list[tuple[str, str, str, str]]:
+    """``(site, split, model comparison, header)`` per test set: against the experts pooled where a
+    site has several (``model_vs_raters``), else against its one reference."""
+    refs: dict[tuple[str, str], list[str]] = {}
     for r in rows:
-        c = (r["site"], r["reference"])
-        if c not in cols:
-            cols.append(c)
-    cols.sort(key=lambda c: (sites.index(c[0]) if c[0] in sites else 99, c[1]))
+        split, cmp = _split_of(r["reference"])
+        if cmp.startswith("model_vs_") and cmp not in refs.setdefault((r["site"], split), []):
+            refs[(r["site"], split)].append(cmp)
+    def order(key: tuple[str, str]) -> tuple:
+        return (sites.index(key[0]) if key[0] in sites else 99, key[1] != "test", key[1])
+
+    out = []
+    for (site, split), cmps in sorted(refs.items(), key=lambda kv: order(kv[0])):
+        experts = [c for c in cmps if c != "model_vs_raters"]
+        pooled = "model_vs_raters" in cmps
+        head = site + ("" if split == "test" else f" {split}") + (f" ({len(experts)} experts)" if pooled else "")
+        out.append((site, split, "model_vs_raters" if pooled else sorted(experts)[0], head))
+    return out
+
+
+def _blocks(widths: list[int], first: int, limit: int = WIDTH) -> list[list[int]]:
+    """Column indices in groups whose lines fit ``limit`` characters after a ``first``-wide column."""
+    blocks: list[list[int]] = [[]]
+    used = first
+    for i, w in enumerate(widths):
+        if blocks[-1] and used + w > limit:
+            blocks.append([])
+            used = first
+        blocks[-1].append(i)
+        used += w
+    return blocks
+
+
+def summary_table(rows: list[dict], sites: list[str]) -> str:
+    """One row per method and one column per test set (site, split), each cell ``median [q1-q3]`` Dice;
+    inter-expert agreement as a row of its own; lines of at most :data:`WIDTH` characters (more test
+    sets than fit go into further blocks)."""
+    sets = _test_sets(rows, sites)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cells = {(r["method"], r["site"], r["reference"]): _cell(r) for r in rows}
-    heads = [f"{s}: {ref}" for s, ref in cols]
-    width = max([len("method"), *map(len, methods)]) + 2
-    colw = [max(len(h), 21) + 2 for h in heads]
-    lines = ["Dice, median [IQR] per method and test set", "method".ljust(width) + "".join(h.ljust(w) for h, w in zip(heads, colw))]
+    cells: dict[tuple[str, str, str], str] = {}
+    for r in rows:
+        split, cmp = _split_of(r["reference"])
+        for site, s_split, model_cmp, head in sets:
+            if (r["site"], split) != (site, s_split):
+                continue
+            if cmp == model_cmp:
+                cells[(r["method"], site, split)] = _cell(r)
+            elif cmp == "inter_rater":
+                cells.setdefault((_AGREEMENT, site, split), _cell(r))
+    labels = methods + ([_AGREEMENT] if any(k[0] == _AGREEMENT for k in cells) else [])
+    first = max([len("method"), *map(len, labels)]) + 2
+    widths = [max(len(h), 19) + 2 for *_, h in sets]
+    lines = ["Dice, median [IQR], per method and test set"]
+    for block in _blocks(widths, first):
+        head = "method".ljust(first) + "".join(sets[i][3].ljust(widths[i]) for i in block)
+        lines += ["", head.rstrip(), "-" * len(head.rstrip())]
+        for label in labels:
+            row = label.ljust(first) + "".join(cells.get((label, sets[i][0], sets[i][1]), "-").ljust(widths[i]) for i in block)
+            lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def reference_table(rows: list[dict], sites: list[str]) -> str:
+    """Every row: method, ``site: reference`` (each expert, the experts pooled), Dice, n; inter-expert
+    agreement (the same for every method) once per test set, as method ``experts``."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for r in rows:
+        if r["reference"].endswith("inter_rater"):
+            if (r["site"], r["reference"]) in seen:
+                continue
+            seen.add((r["site"], r["reference"]))
+            r = {**r, "method": "experts"}
+        kept.append(r)
+    rows = kept
+    order = sorted(rows, key=lambda r: (sites.index(r["site"]) if r["site"] in sites else 99, r["reference"]))
+    width = max([len("method"), *(len(r["method"]) for r in rows)]) + 2
+    sw = max([len("test set: reference"), *(len(f"{r['site']}: {r['reference']}") for r in rows)]) + 2
+    lines = ["Dice per reference, median [IQR] (n)",
+             "method".ljust(width) + "test set: reference".ljust(sw) + "Dice"]
     lines.append("-" * len(lines[-1]))
-    for m in methods:
-        lines.append(m.ljust(width) + "".join(cells.get((m, s, ref), "-").ljust(w) for (s, ref), w in zip(cols, colw)))
+    for r in order:
+        n = "" if r.get("n") is None else f" ({int(r['n'])})"
+        lines.append(r["method"].ljust(width) + f"{r['site']}: {r['reference']}".ljust(sw) + _cell(r) + n)
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Stage 1 -> 2 -> 3 -> evaluation in the NVFlare simulator, plus the baselines, into ``runs/<name>/``.
+"""Stage 1 -> 2 -> 3 -> evaluation in the NVFlare simulator, plus the baselines, into ``runs/<name>/``
+(``runs/<name>-2/``, ... when ``runs/<name>/`` holds an earlier run, unless ``overwrite``).
 
 Outputs::
 
@@ -13,7 +14,9 @@ Outputs::
                                                preprocessing, stages/sites/rounds and test Dice in meta):
                                                what `plgg-fl export` / `plgg-fl predict` take
     runs/<name>/metrics.json, metrics.csv      per-round training metrics and evaluation results
-    runs/<name>/summary.txt                    the table printed at the end
+    runs/<name>/summary.txt                    the table printed at the end, then one row per method, test
+                                               set and reference (each expert, inter-expert agreement)
+    runs/<name>/status.json                    running | done | failed | interrupted (plgg_fl.pipeline.status)
     runs/<name>/nvflare/...                    the simulator workspaces
 
 Handing on: a stage starts from the previous stage's *last* global model (``handoff: last``) or its
@@ -32,8 +35,9 @@ from pathlib import Path
 from plgg_fl.fl import recipes
 from plgg_fl.pipeline.config import PipelineConfig, dump_config
 from plgg_fl.pipeline.models import write_method_models
-from plgg_fl.pipeline.report import summary_rows, summary_table
+from plgg_fl.pipeline.report import reference_table, summary_rows, summary_table
 from plgg_fl.pipeline.simulate import StageFailed, check_evaluation, check_training, run_in_simulator
+from plgg_fl.pipeline.status import clear_for_overwrite, run_folder, write_status
 
 _BUILDERS = {"pretrain": recipes.pretrain_recipe, "finetune": recipes.finetune_recipe, "decoder": recipes.decoder_recipe}
 
@@ -55,9 +59,10 @@ def ensure_cohort(cfg: PipelineConfig, printer=print) -> dict[str, Path]:
 class Pipeline:
     """One run of a config. ``run()`` returns the metrics dict also written to ``metrics.json``."""
 
-    def __init__(self, cfg: PipelineConfig, out_root: str | Path = "runs", record_sends: bool = False, printer=print):
-        self.cfg, self.printer = cfg, printer
-        self.out = (Path(out_root) / cfg.name).resolve()
+    def __init__(self, cfg: PipelineConfig, out_root: str | Path = "runs", record_sends: bool = False, printer=print,
+                 overwrite: bool = False):
+        self.cfg, self.printer, self.overwrite = cfg, printer, overwrite
+        self.out = run_folder(Path(out_root), cfg.name, overwrite).resolve()
         self.record_dir = self.out / "sends" if record_sends else None
         self.stages: list[dict] = []
         self.models: dict[str, Path] = {}
@@ -123,7 +128,8 @@ class Pipeline:
             self.cfg.preset, sites=self.cfg.eval_sites, models={m: str(p) for m, p in finals.items()},
             train=self.cfg.stages["finetune"].options.train, eval_splits=self.cfg.eval_splits,
         )
-        self._log(f"evaluation: {len(finals)} model(s) at {', '.join(self.cfg.eval_sites)} on '{self.cfg.eval_splits}'")
+        self._log(f"evaluation of {len(finals)} model(s) ({', '.join(finals)}) at {', '.join(self.cfg.eval_sites)} "
+                  f"on '{self.cfg.eval_splits}'")
         res = run_in_simulator(recipe, self.cfg.eval_sites, self.out / "nvflare" / "evaluate", self.manifests,
                                self.record_dir, self._progress, self.cfg.job_timeout_s, self.cfg.gpu)
         self._keep_logs("evaluate", res)
@@ -132,13 +138,27 @@ class Pipeline:
         return res.eval_results
 
     def run(self) -> dict:
-        cfg = self.cfg
+        """The whole run; ``status.json`` says running, then done, failed or interrupted."""
+        if self.overwrite:
+            clear_for_overwrite(self.out)
+        if self.out.name != self.cfg.name:
+            self.printer(f"{self.out.with_name(self.cfg.name)} holds an earlier run; this run writes to {self.out} "
+                         "(--overwrite replaces the earlier one)")
         self.out.mkdir(parents=True, exist_ok=True)
-        for sub in ("logs", "sends", "checkpoints", "models", "tensorboard"):
-            shutil.rmtree(self.out / sub, ignore_errors=True)
-        (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        self.manifests = ensure_cohort(cfg, self.printer)
-        methods = cfg.methods
+        write_status(self.out, "running")
+        try:
+            metrics = self._run()
+        except KeyboardInterrupt:
+            write_status(self.out, "interrupted", "stopped by Ctrl-C (SIGINT)")
+            raise
+        except BaseException as exc:
+            write_status(self.out, "failed", (str(exc).splitlines() or [type(exc).__name__])[0])
+            raise
+        write_status(self.out, "done")
+        return metrics
+
+    def _train_methods(self) -> None:
+        cfg, methods = self.cfg, self.cfg.methods
         if set(methods) & {"adult_only", "transfer", "stepwise", "local_only", "pooled"}:
             s1 = self.train_stage("stage1", "pretrain", None)
             self.models["adult_only_init"] = s1
@@ -157,23 +177,42 @@ class Pipeline:
                 self.models[f"local_only[{site}]"] = self.train_local(f"local_only[{site}]", [site])
         if "pooled" in methods:
             self.models["pooled"] = self.train_local("pooled", cfg.stages["finetune"].sites)
+
+    def _run(self) -> dict:
+        cfg = self.cfg
+        (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        self.manifests = ensure_cohort(cfg, self.printer)
+        self._train_methods()
         evaluation = self.evaluate()
         finals = {m: p for m, p in self.models.items() if m != "adult_only_init"}
         models = write_method_models(cfg, finals, self.stages, evaluation, self.out / "models")
-        rows = summary_rows(evaluation, list(m for m in self.models if m != "adult_only_init"))
-        table = summary_table(rows, cfg.eval_sites)
+        rows = summary_rows(evaluation, list(finals))
         metrics = {"name": cfg.name, "wall_s": round(time.perf_counter() - self.t0, 2), "stages": self.stages,
                    "evaluation": evaluation, "summary": rows,
                    "models": {m: str(p.relative_to(self.out)) for m, p in models.items()}}
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-        with (self.out / "metrics.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["site", "method", "metric", "value"])
-            for site, per_model in evaluation.items():
-                for method, values in per_model.items():
-                    for k, v in sorted(values.items()):
-                        w.writerow([site, method, k, v])
-        (self.out / "summary.txt").write_text(table + "\n", encoding="utf-8")
+        _write_metrics_csv(self.out / "metrics.csv", evaluation)
+        table = summary_table(rows, cfg.eval_sites)
+        (self.out / "summary.txt").write_text(table + "\n\n" + reference_table(rows, cfg.eval_sites) + "\n", encoding="utf-8")
         self._log(f"done: {self.out}")
         self.printer(table)
+        self.printer(f"\nstudy report (tables, plots, failure gallery): plgg-fl report {_shown(self.out)}")
         return metrics
+
+
+def _write_metrics_csv(path: Path, evaluation: dict) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["site", "method", "metric", "value"])
+        for site, per_model in evaluation.items():
+            for method, values in per_model.items():
+                for k, v in sorted(values.items()):
+                    w.writerow([site, method, k, v])
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it (what a user would type)."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

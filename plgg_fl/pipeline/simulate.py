@@ -26,6 +26,7 @@ from nvflare.recipe import SimEnv
 
 from plgg_fl.fl.filters import ENV_RECORD_DIR
 from plgg_fl.fl.site import manifest_env_var
+from plgg_fl.pipeline.processes import ENV_MARK, ignoring_interrupts, new_mark, stop_marked
 
 _ERROR_LINE = re.compile(r" - (ERROR|CRITICAL) - |Traceback|Error:|Exception")
 _PROGRESS_LINE = re.compile(r"\[(?P<site>[\w-]+)\] (round|evaluation|data from)")
@@ -140,23 +141,20 @@ def quiet_console_log_config(folder: Path) -> str:
     return str(path)
 
 
-def _kill_simulator_processes() -> int:
-    """Terminate this process's NVFlare simulator children (by pid). Returns how many were signalled."""
-    import psutil
-
-    me = psutil.Process()
-    victims = [p for p in me.children(recursive=True) if "nvflare" in " ".join(p.cmdline())]
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return len(victims)
+def _stop_job(t: threading.Thread, mark: str, tries: int = 10) -> None:
+    """Kill the job's processes until the thread that runs it is done (it may be about to start one)."""
+    with ignoring_interrupts():
+        for _ in range(tries):
+            stop_marked(mark)
+            t.join(2.0)
+            if not t.is_alive():
+                return
 
 
-def _run_with_timeout(recipe, env, timeout_s: float) -> None:
-    """``recipe.run(env)`` in a thread; past ``timeout_s`` the simulator processes are killed (an
-    NVFlare job can wait forever, e.g. on a task the server cannot serialise)."""
+def _run_with_timeout(recipe, env, timeout_s: float, mark: str) -> None:
+    """``recipe.run(env)`` in a thread; past ``timeout_s``, or when this thread is interrupted (Ctrl-C),
+    every process of the job (those carrying ``mark``) is killed (an NVFlare job can wait forever, e.g.
+    on a task the server cannot serialise)."""
     box: dict = {}
 
     def target():
@@ -167,13 +165,21 @@ def _run_with_timeout(recipe, env, timeout_s: float) -> None:
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
-    t.join(timeout_s)
+    try:
+        t.join(timeout_s)
+    except BaseException:  # KeyboardInterrupt, SystemExit: nothing of the job may outlive the run
+        _stop_job(t, mark)
+        raise
     if t.is_alive():
-        _kill_simulator_processes()
-        t.join(30)
+        _stop_job(t, mark)
         raise TimeoutError(f"no result after {timeout_s:.0f} s; simulator stopped")
     if "exc" in box:
         raise box["exc"]
+
+
+def threads_per_client(n_clients: int) -> int:
+    """Compute threads for each of ``n_clients`` simulated clients: the machine's cores shared out."""
+    return max(1, (os.cpu_count() or 1) // max(1, n_clients))
 
 
 def run_in_simulator(
@@ -196,19 +202,21 @@ def run_in_simulator(
     saved = dict(os.environ)
     for site in sites:
         os.environ[manifest_env_var(site)] = str(Path(manifests[site]).resolve())
+    mark = os.environ[ENV_MARK] = new_mark()  # inherited by every process of the job
     if record_dir is not None:
         os.environ[ENV_RECORD_DIR] = str(Path(record_dir).resolve() / recipe.name)
-    # one compute thread per simulated client unless the caller says otherwise: on a small shared
-    # CPU box, torch/MONAI thread pools oversubscribe the cores (measured: 0.74 s/step with 1 thread,
-    # 2.7-3.9 s with 2 threads on the 2-core build VM)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # the cores shared out between the simulated clients unless the caller says otherwise: on a
+    # small CPU box, torch/MONAI thread pools oversubscribe the cores (measured: 0.74 s/step with
+    # 1 thread each, 2.7-3.9 s with 2 threads each for two clients on the 2-core build VM), while a
+    # single-site job (stage 1) would leave cores idle with one thread
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_client(len(sites))))
     follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
     follower.start()
     t0 = time.perf_counter()
     env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), gpu_config=gpu,
                  log_config=quiet_console_log_config(workspace_root))
     try:
-        _run_with_timeout(recipe, env, timeout_s)
+        _run_with_timeout(recipe, env, timeout_s, mark)
     except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
         logs = {s: error_lines(job_ws / s / "log.txt", 5) for s in [*sites, "server"]}
         detail = "".join(f"\n  {s}:\n    " + "\n    ".join(v) for s, v in logs.items() if v)

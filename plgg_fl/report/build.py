@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from plgg_fl.report import gallery, plots, provenance, tables
-from plgg_fl.report.collect import load_run
+from plgg_fl.report.collect import ReportError, load_run
 from plgg_fl.report.html import to_html, to_markdown
 
 #: Boyd et al., Radiology: AI 2024 (doi 10.1148/ryai.230254) - real data, shown as a reference only.
@@ -123,7 +123,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     img, data = out / "img", out / "data"
     img.mkdir(parents=True, exist_ok=True)
     if not run.per_case:
-        raise SystemExit(f"{run.root}: no per-case results found ({'; '.join(run.notes)})")
+        raise ReportError(f"no per-case results found: {'; '.join(run.notes)}", run.root)
     methods, sites = run.methods, [s for s in run.sites if any(k[0] == s for k in run.per_case)]
     study = tables.study_table(run.per_case, sites, methods)
     multi_sites = tables.multirater_sites(run.per_case, sites)

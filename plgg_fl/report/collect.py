@@ -34,11 +34,13 @@ from typing import Any
 import yaml
 
 from plgg_fl.engine.evaluate import read_rows
+from plgg_fl.errors import CommandError
 from plgg_fl.pipeline.config import METHODS
+from plgg_fl.pipeline.status import unfinished_reason
 
 
-class ReportError(RuntimeError):
-    """A run folder the report cannot use; the message names the missing file."""
+class ReportError(CommandError, RuntimeError):
+    """A run folder the report cannot use (exit 2); ``file`` names the file or folder."""
 
 
 @dataclass
@@ -152,18 +154,24 @@ def site_results(run_root: Path, site: str, split: str) -> list[Path]:
 
 def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
     """Read a run folder (only ``sites``' per-case results when given). Raises :class:`ReportError` when
-    config.yaml or metrics.json is missing or a named site is not an evaluation site of the run."""
+    the run is still in progress, failed or was interrupted (``status.json``), config.yaml or
+    metrics.json is missing, or a named site is not an evaluation site of the run."""
     root = Path(run_dir).resolve()
+    if not root.is_dir():
+        raise ReportError("no such run folder", root)
+    why = unfinished_reason(root)
+    if why:
+        raise ReportError(f"{why}; a report needs a finished run", root)
     for f in ("config.yaml", "metrics.json"):
         if not (root / f).is_file():
-            raise ReportError(f"{root / f}: not found (is {root} a finished `plgg-fl simulate` run?)")
+            raise ReportError(f"not found (is {root} a finished `plgg-fl simulate` run?)", root / f)
     run = Run(root=root, config=yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {},
               metrics=json.loads((root / "metrics.json").read_text(encoding="utf-8")))
     evaluation = run.metrics.get("evaluation", {})
     if sites:
         unknown = sorted(set(sites) - set(run.sites))
         if unknown:
-            raise ReportError(f"{root}: {unknown} not among the run's evaluation sites {run.sites}")
+            raise ReportError(f"{unknown} not among the run's evaluation sites {run.sites}", root)
         run.config.setdefault("evaluate", {})["sites"] = [s for s in run.sites if s in sites]
     for site in run.sites:
         dirs = site_results(root, site, run.split)

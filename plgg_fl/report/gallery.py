@@ -81,7 +81,7 @@ def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[s
         return None, []
     preset = str(run.config.get("preset", "small"))
     train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-    cfg = TrainConfig.from_dict({**train, "preset": preset})
+    cfg = TrainConfig.from_overrides({**train, "preset": preset})
     ckpt = run.checkpoint(method)
     model = _load_model(ckpt, preset) if ckpt and ckpt.is_file() else None
     items: list[GalleryItem] = []

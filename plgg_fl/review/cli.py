@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from plgg_fl.errors import CommandError
 
 
 def register(subparsers) -> None:
@@ -39,12 +40,12 @@ def _model_and_cfg(args):
         run = load_run(args.run)
         ckpt = Path(args.checkpoint) if args.checkpoint else run.checkpoint(args.method)
         if ckpt is None or not ckpt.is_file():
-            raise SystemExit(f"error: no checkpoint for method {args.method!r} in {args.run}")
+            raise CommandError(f"no checkpoint for method {args.method!r}", args.run)
         preset = str(run.config.get("preset", "small"))
         train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-        return _load_model(ckpt, preset), TrainConfig.from_dict({**train, "preset": preset}), run
+        return _load_model(ckpt, preset), TrainConfig.from_overrides({**train, "preset": preset}), run
     if not args.checkpoint:
-        raise SystemExit("error: give --run RUN_DIR or --checkpoint CKPT")
+        raise CommandError("give --run RUN_DIR or --checkpoint CKPT")
     if args.preset:
         return _load_model(Path(args.checkpoint), args.preset), TrainConfig.for_preset(args.preset), None
     model, cfg, _ = load_checkpoint(args.checkpoint)
@@ -61,15 +62,13 @@ def run_packet(args: argparse.Namespace) -> int:
     model, cfg, run = _model_and_cfg(args)
     manifest = Path(args.manifest) if args.manifest else (run.manifest(args.site) if run else None)
     if manifest is None or not manifest.is_file():
-        print("error: no manifest (give --manifest, or --run with a cohort holding --site)", file=sys.stderr)
-        return 2
+        raise CommandError("no manifest: give --manifest, or --run with a cohort holding --site", manifest)
     cases = usable_cases(load_manifest(manifest), args.split)
     try:
         sheet, key = make_packet(cases, lambda c: predict(model, c.image, cfg).mask, args.out, n=args.n_cases,
                                  seed=args.seed, key_path=args.key)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     print(f"packet: {Path(args.out)} (rating sheet {sheet.name}); KEY (keep from raters): {key}")
     return 0
 
@@ -80,8 +79,7 @@ def run_score(args: argparse.Namespace) -> int:
     try:
         res = score(read_sheets(args.sheets, read_key(args.key)))
     except SheetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     print(summary_text(res))
     if args.out:
         from plgg_fl.engine.evaluate import write_json

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import zlib
 from pathlib import Path
 
@@ -198,6 +199,33 @@ def _prepare_site_dir(site_dir: Path) -> None:
         raise FileExistsError(f"{site_dir} exists and was not made by plgg-fl synth; choose another OUT_DIR")
 
 
+
+def _claim_site_dir(site_dir: Path) -> None:
+    """Mark the folder as this generator's before any case is written: an interrupted run leaves a
+    folder the next run recognises and replaces (the final cohort.json replaces the mark)."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    (site_dir / "cohort.json").write_text(json.dumps({"generator": "plgg_fl.synth", "complete": False}) + "\n",
+                                          encoding="utf-8")
+
+
+def _render_all(jobs: list[tuple], workers: int, bar) -> list:
+    """Render every job (in ``workers`` forked processes when > 1), advancing ``bar``."""
+    if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # workers ignore Ctrl-C (a terminal sends it to them too): the parent stops them, without a
+        # traceback from each
+        results = []
+        with multiprocessing.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+            for r in pool.imap(_job, jobs):
+                results.append(r)
+                bar.update()
+        return results
+    results = []
+    for j in jobs:
+        results.append(_job(j))
+        bar.update()
+    return results
+
+
 def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: float | None = None,
                     sites=None, n_cases: int | None = None, progress: bool = True, workers: int | None = None) -> dict[str, Path]:
     """Generate the synthetic cohort under ``out_dir``; return {site: path of its manifest.yaml}.
@@ -230,21 +258,12 @@ def generate_cohort(out_dir, seed: int = 0, size: str = "demo", spacing_mm: floa
         workers = 1 if size == "tiny" and spacing_mm is None else min(4, os.cpu_count() or 1)
     for site in sites:
         _prepare_site_dir(out_dir / site)
+        _claim_site_dir(out_dir / site)
     _warm(sites, base_mm)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
-    results = []
-    if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for r in pool.imap(_job, jobs):
-                results.append(r)
-                bar.update()
-    else:
-        for j in jobs:
-            results.append(_job(j))
-            bar.update()
-    bar.close()
+    with tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress) as bar:  # closed on Ctrl-C too
+        results = _render_all(jobs, workers, bar)
     manifests = {}
     for site in sites:
         rows = [r for j, r in zip(jobs, results) if j[0] == site]

@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     manifest = load_manifest(site_cfg.manifest)
     if site_cfg.device:
         overrides["device"] = site_cfg.device
-    cfg = TrainConfig.from_dict(overrides)
+    cfg = TrainConfig.from_overrides(overrides)
     model = PlggUNet(preset=cfg.preset)
     all_keys = list(model.state_dict())
     _, decoder_keys = encoder_decoder_keys(model)
@@ -123,6 +123,7 @@ def main(argv=None) -> None:
             model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
             name = (received.meta or {}).get("plgg_model_name", f"model_{n_evaluated}")
             (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}), encoding="utf-8")
+            print(f"[{site}] evaluation: scoring model '{name}' on {args.eval_splits}")
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = usable_cases(manifest, split)
                 if not cases:
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
 
                 _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir, progress=False)
                 metrics.update(scalar_metrics(summary, prefix=f"{split}/"))
-            print(f"[{site}] evaluation: {len(metrics)} scalar metrics; per-case rows kept at the site")
+            print(f"[{site}] evaluation of model '{name}': {len(metrics)} scalar metrics; per-case rows kept at the site")
             flare.send(FLModel(metrics=metrics))
         elif flare.is_submit_model():
             flare.send(FLModel(params={k: v.detach().cpu() for k, v in model.state_dict().items()}))

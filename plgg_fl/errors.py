@@ -1,0 +1,27 @@
+"""One style for command errors (no dependencies; every layer may raise these).
+
+A command that cannot do what it was asked raises :class:`CommandError`; ``plgg-fl`` prints it as one
+line on stderr, ``plgg-fl <command>: error: <what> (<file>)``, and exits 2 for usage or setup errors
+(a missing file, a bad option, a config that cannot run); a command whose work failed prints the same
+way and returns 1 (a subclass may set ``exit_code = 1``).
+"""
+
+from __future__ import annotations
+
+
+class CommandError(Exception):
+    """A usage or setup error: exit 2. ``file`` (optional) is the file or folder it is about."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, file: object = None):
+        self.what, self.file = str(what), None if file is None else str(file)
+        super().__init__(self.what)
+
+    def __str__(self) -> str:
+        return self.what + (f" ({self.file})" if self.file else "")
+
+
+def error_line(command: str, what: object) -> str:
+    """``plgg-fl <command>: error: <what>`` (``what`` an exception or a message)."""
+    return f"plgg-fl {command}: error: {what}"
