@@ -41,3 +41,23 @@ def _case_arrays(seed=0, shape=(12, 12, 12), radius=3):
 def data_case_arrays():
     """``arrays(seed=0, shape=(12,12,12), radius=3) -> (image float32, mask uint8)``."""
     return _case_arrays
+
+
+@pytest.fixture(scope="module")
+def predict_one_thread():
+    """One torch thread for a module: on a shared, oversubscribed CPU two threads were >10x slower
+    (spin-waits)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def predict_ckpt(tmp_path_factory, predict_one_thread):
+    """A ``tiny`` engine checkpoint that finds bright blobs (50 steps on 24^3 patches, ~10 s on CPU)."""
+    from plgg_fl.predict.toy import train_blob_model
+
+    return train_blob_model(tmp_path_factory.mktemp("model") / "tiny.pt", preset="tiny", steps=50, patch_size=(24, 24, 24))

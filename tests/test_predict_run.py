@@ -10,26 +10,17 @@ import numpy as np
 import pytest
 
 from plgg_fl.predict.run import PredictOptions, predict_inputs
-from plgg_fl.predict.toy import blob_volume, train_blob_model
+from plgg_fl.predict.toy import blob_volume
 
 QUIET = dict(progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two threads were >10x slower (spin-waits)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("predict_one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, one_thread):
-    """A ``tiny`` engine checkpoint that finds bright blobs (50 steps on 24^3 patches, ~10 s on CPU)."""
-    return train_blob_model(tmp_path_factory.mktemp("model") / "tiny.pt", preset="tiny", steps=50, patch_size=(24, 24, 24))
+def ckpt(predict_ckpt):
+    return predict_ckpt
 
 
 def dice(a, b) -> float:

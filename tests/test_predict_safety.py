@@ -22,27 +22,18 @@ import pytest
 
 from plgg_fl.cli import main
 from plgg_fl.predict.io import discover_inputs
-from plgg_fl.predict.toy import blob_volume, train_blob_model
+from plgg_fl.predict.toy import blob_volume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "inference.md"
 GRID = dict(shape_ras=(40, 40, 40), spacing_mm=(1.5, 1.5, 1.5), tumour_radius_mm=9)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two threads were >10x slower (spin-waits)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("predict_one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, one_thread):
-    """A ``tiny`` engine checkpoint that finds bright blobs (50 steps on 24^3 patches)."""
-    return train_blob_model(tmp_path_factory.mktemp("model") / "tiny.pt", preset="tiny", steps=50, patch_size=(24, 24, 24))
+def ckpt(predict_ckpt):
+    return predict_ckpt
 
 
 def write_scan(path: Path, seed: int, head: bool = False) -> np.ndarray:
