@@ -25,3 +25,22 @@ class CommandError(Exception):
 def error_line(command: str, what: object) -> str:
     """``plgg-fl <command>: error: <what>`` (``what`` an exception or a message)."""
     return f"plgg-fl {command}: error: {what}"
+
+
+def os_error(exc: OSError, what: str | None = None) -> CommandError:
+    """``exc`` (an ``OSError`` naming a file) as a :class:`CommandError`: ``<what> (<file>)``."""
+    if exc.filename is None:
+        return CommandError(what or exc)
+    return CommandError(what or (exc.strerror or str(exc)).lower(), exc.filename)
+
+
+class WorkError(CommandError):
+    """The command started but its work failed: exit 1."""
+
+    exit_code = 1
+
+
+def about_file(exc: object, file: object, error: type = CommandError) -> CommandError:
+    """``exc``'s message as ``<what> (<file>)``: a leading ``<file>: `` is moved to the end."""
+    what, prefix = str(exc), f"{file}: "
+    return error(what[len(prefix):] if what.startswith(prefix) else what, file)

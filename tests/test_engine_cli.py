@@ -42,7 +42,7 @@ def test_train_then_evaluate_from_the_command_line(manifest, tmp_path, capsys):
     rc = main(["train", "--manifest", str(manifest), "--init", str(out / "model.pt"), "--freeze-encoder",
                "--out", str(tmp_path / "dec"), "--steps", "2", "--val-every", "2", "--no-progress"])
     assert rc == 0 and load_checkpoint(tmp_path / "dec" / "model.pt")[2]["freeze_encoder"] is True
-    rc = main(["evaluate", "--manifest", str(manifest), "--split", "test", "--ckpt", str(out / "model.pt"),
+    rc = main(["evaluate", "--manifest", str(manifest), "--split", "test", "--model", str(out / "model.pt"),
                "--out", str(tmp_path / "ev"), "--device", "cpu", "--no-progress"])
     assert rc == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
@@ -51,3 +51,41 @@ def test_train_then_evaluate_from_the_command_line(manifest, tmp_path, capsys):
     assert "model_vs_ref" in capsys.readouterr().out
     rc = main(["compare", str(tmp_path / "ev" / "per_case.csv"), str(tmp_path / "ev" / "per_case.csv")])
     assert rc == 0 and "no non-zero paired differences" in capsys.readouterr().out
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"plgg-fl {command}: error: "), err
+    return err[0]
+
+
+def test_train_without_its_manifest_is_one_error_line_exit_2(tmp_path, capsys):
+    missing = tmp_path / "nope" / "manifest.yaml"
+    assert main(["train", "--manifest", str(missing), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert _one_error_line(capsys, "train") == f"plgg-fl train: error: manifest not found ({missing})"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("spelling", ["--model", "--ckpt"])
+def test_evaluate_without_its_checkpoint_is_one_error_line_exit_2(manifest, tmp_path, capsys, spelling):
+    missing = tmp_path / "gone.pt"
+    argv = ["evaluate", "--manifest", str(manifest), spelling, str(missing), "--out", str(tmp_path / "ev"), "--no-progress"]
+    assert main(argv) == 2
+    assert _one_error_line(capsys, "evaluate") == f"plgg-fl evaluate: error: checkpoint not found ({missing})"
+
+
+def test_a_checkpoint_has_one_name_and_old_spellings_are_hidden(capsys):
+    """`--model` is a model a command uses, `--init` one training starts from; old names parse, unlisted."""
+    from plgg_fl.cli import build_parser
+
+    parser = build_parser()
+    for argv, dest, old in ((["evaluate", "--manifest", "m", "--out", "o"], "model", "--ckpt"),
+                            (["review-packet", "--out", "o"], "model", "--checkpoint"),
+                            (["jobs", "export"], "initial_ckpt", "--initial-ckpt")):
+        new = "--init" if dest == "initial_ckpt" else "--model"
+        for spelling in (new, old):
+            assert str(getattr(parser.parse_args([*argv, spelling, "/c.pt"]), dest)) == "/c.pt"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv[: 2 if argv[0] == "jobs" else 1], "-h"])
+        shown = capsys.readouterr().out
+        assert new in shown and old not in shown, shown

@@ -238,7 +238,7 @@ def test_help_has_a_description_and_every_option_that_takes_a_value_its_default(
 def test_usage_errors_of_other_commands_are_one_line_in_the_common_style(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PLGG_FL_ADMIN_KIT", raising=False)
     cases = [(["status"], "plgg-fl status: error: give --kit ADMIN_KIT_DIR (or set $PLGG_FL_ADMIN_KIT)"),
-             (["review-packet", "--out", str(tmp_path / "p")], "plgg-fl review-packet: error: give --run RUN_DIR or --checkpoint CKPT"),
+             (["review-packet", "--out", str(tmp_path / "p")], "plgg-fl review-packet: error: give --run RUN_DIR or --model CKPT"),
              (["jobs", "export", "--config", "nope", "--out", str(tmp_path / "j")],
               "plgg-fl jobs export: error: no config named 'nope'; bundled: demo, paper, tiny (")]
     for argv, line in cases:

@@ -177,7 +177,7 @@ def test_one_brain_mask_file_with_several_scans_is_refused(ckpt, tmp_path, capsy
     assert "a_brain.nii.gz" in line and "2 input scans" in line
     assert predict(a, "--model", ckpt, "--out", out, "--brain-mask", tmp_path / "missing") == 2
     (line,) = error_lines(capsys.readouterr().err)
-    assert "missing: brain mask file or folder not found" in line
+    assert line.endswith(f"brain mask file or folder not found ({tmp_path / 'missing'})"), line
     assert not list(out.glob("*_mask.nii.gz"))
 
 
@@ -231,7 +231,8 @@ def test_model_that_is_not_a_checkpoint_is_one_clear_error(ckpt, tmp_path, capfd
     p = cli(src, "--model", src, "--out", out)  # a scan given as the model
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     (line,) = error_lines(p.stderr)
-    assert line.startswith(f"plgg-fl predict: error: {src}: not a plgg-fl model") and "weights_only" not in p.stderr + p.stdout
+    assert line.startswith("plgg-fl predict: error: not a plgg-fl model") and line.endswith(f" ({src})")
+    assert "weights_only" not in p.stderr + p.stdout
 
     text = tmp_path / "model.pt"
     text.write_text("this is a text file\n", encoding="utf-8")
@@ -245,7 +246,7 @@ def test_model_that_is_not_a_checkpoint_is_one_clear_error(ckpt, tmp_path, capfd
         assert predict(src, "--model", bad, "--out", out) == 2
         got = capfd.readouterr()
         (line,) = error_lines(got.err)
-        assert line.startswith(f"plgg-fl predict: error: {bad}: not a plgg-fl model"), line
+        assert line.startswith("plgg-fl predict: error: not a plgg-fl model") and line.endswith(f" ({bad})"), line
         assert "weights_only" not in got.err + got.out
     assert not list(out.glob("*_mask.nii.gz"))
 
@@ -314,3 +315,18 @@ def test_nibabel_header_warnings_go_to_the_run_log_not_the_console(ckpt, tmp_pat
     assert "not valid" not in p.stderr + p.stdout
     log = (out / "predict.log").read_text(encoding="utf-8").splitlines()
     assert any(str(src) in ln and "qform_code 9 not valid" in ln for ln in log), log
+
+
+def test_export_takes_model_and_out_and_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from plgg_fl.cli import build_parser
+
+    missing = tmp_path / "gone.pt"
+    assert main(["export", "--model", str(missing), "--out", str(tmp_path / "exp")]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"plgg-fl export: error: checkpoint not found ({missing})"]
+    assert main(["export", str(missing), str(tmp_path / "exp")]) == 2  # the old positional form still works
+    assert error_lines(capsys.readouterr().err) == [f"plgg-fl export: error: checkpoint not found ({missing})"]
+    assert main(["export", "--model", str(missing)]) == 2
+    assert error_lines(capsys.readouterr().err) == ["plgg-fl export: error: give --model CKPT --out DIR"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "-h"])
+    assert "legacy" not in capsys.readouterr().out

@@ -34,7 +34,7 @@ def packet(review_cohort):
 
     manifest, ckpt, tmp = review_cohort
     out = tmp / "packet"
-    assert main(["review-packet", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(out), "-n", "5", "--seed", "3"]) == 0
+    assert main(["review-packet", "--model", str(ckpt), "--manifest", str(manifest), "--out", str(out), "-n", "5", "--seed", "3"]) == 0
     return out, tmp / "packet_KEY.csv", manifest
 
 
@@ -75,7 +75,7 @@ def test_packet_is_reproducible_and_refuses_key_inside(review_cohort, packet):
     again = tmp / "again"
     assert main(["review-packet", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(again), "-n", "5", "--seed", "3"]) == 0
     assert (tmp / "again_KEY.csv").read_text(encoding="utf-8") == key_path.read_text(encoding="utf-8")
-    assert main(["review-packet", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(tmp / "p3"),
+    assert main(["review-packet", "--model", str(ckpt), "--manifest", str(manifest), "--out", str(tmp / "p3"),
                  "--key", str(tmp / "p3" / "key.csv")]) == 2
 
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plgg_fl.cliopts import add_hidden_alias
 from plgg_fl.errors import CommandError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "simulator_configs" / "paper.yaml"
@@ -56,7 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline settings the stage jobs are built from")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-job", help="start from this finished job's global model (downloaded first)")
-    src.add_argument("--initial-ckpt", help="start from this checkpoint file (shipped inside the job)")
+    src.add_argument("--init", dest="initial_ckpt", metavar="CKPT", help="start from this checkpoint file (shipped inside the job)")
+    add_hidden_alias(src, "--initial-ckpt", "initial_ckpt")
     p.add_argument("--which", choices=("last", "best"), default="last", help="which global model to hand on")
     p.add_argument("--download", default="results", help="where results are downloaded (default ./results)")
     p.add_argument("--timeout", type=float, default=0.0, help="abort a job still running after this many seconds")

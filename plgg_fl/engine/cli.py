@@ -10,6 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from plgg_fl.cliopts import add_aliased
+from plgg_fl.errors import CommandError, WorkError, about_file
+
 __all__ = ["register", "site_cases"]
 
 log = logging.getLogger("plgg_fl.engine")
@@ -26,7 +29,7 @@ def _sets(items: list[str]) -> dict:
     out = {}
     for s in items:
         if "=" not in s:
-            raise SystemExit(f"--set expects KEY=VALUE, got {s!r}")
+            raise CommandError(f"--set expects KEY=VALUE, got {s!r}")
         k, v = s.split("=", 1)
         out[k] = yaml.safe_load(v)
     return out
@@ -47,10 +50,10 @@ def register(subparsers) -> None:
     t.add_argument("--freeze-encoder", action="store_true", help="stage 3: train the decoder only")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: TrainConfig.max_steps)")
     t.add_argument("--val-every", type=int, default=250, metavar="N", help="validate and log every N steps (default 250)")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. lr=0.001")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
     e = subparsers.add_parser(
@@ -58,16 +61,16 @@ def register(subparsers) -> None:
         help="score a checkpoint on a manifest split against every rater",
         description="Writes DIR/per_case.csv (one row per case and comparison) and DIR/summary.json (aggregates).",
     )
-    e.add_argument("--manifest", required=True, type=Path)
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
-    e.add_argument("--ckpt", required=True, type=Path, help="engine checkpoint")
-    e.add_argument("--out", required=True, type=Path, metavar="DIR")
+    e.add_argument("--manifest", required=True, type=Path, help="site manifest (YAML/JSON)")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default test)")
+    add_aliased(e, "--model", ["--ckpt"], required=True, type=Path, metavar="CKPT", help="engine checkpoint to score")
+    e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     e.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
     e.add_argument("--keep-largest", action="store_true", help="keep the largest connected component")
     e.add_argument("--nsd-tolerance-mm", type=float, default=2.0, help="surface Dice tolerance in mm (default 2); surfel-based NSD (Nikolov et al. 2021), stored with the results")
     e.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions/<key>.nii.gz")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
 
     c = subparsers.add_parser(
@@ -78,28 +81,52 @@ def register(subparsers) -> None:
     c.add_argument("a", type=Path, help="per_case.csv of model A")
     c.add_argument("b", type=Path, help="per_case.csv of model B")
     c.add_argument("--comparison", default=None, help="comparison to test (default: the first model_vs_* in A)")
-    c.add_argument("--metric", default="dice")
+    c.add_argument("--metric", default="dice", help="per-case metric column (default dice)")
     c.set_defaults(func=_compare)
+
+
+def _manifest(path: Path):
+    """The manifest at ``path``; a missing or unreadable one is a setup error (exit 2)."""
+    from plgg_fl.data.manifest import load_manifest
+
+    if not Path(path).is_file():
+        raise CommandError("manifest not found", path)
+    try:
+        return load_manifest(path)
+    except (OSError, ValueError) as exc:
+        raise about_file(exc, path) from None
+
+
+def _checkpoint(path: Path):
+    """``load_checkpoint(path)``; a missing or unloadable file is a setup error (exit 2)."""
+    import pickle
+
+    from plgg_fl.engine import load_checkpoint
+
+    if not Path(path).is_file():
+        raise CommandError("checkpoint not found", path)
+    try:
+        return load_checkpoint(path)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError):
+        raise CommandError("not a plgg-fl engine checkpoint", path) from None
 
 
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from plgg_fl.data.manifest import load_manifest
-    from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, load_checkpoint, save_checkpoint
+    from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, save_checkpoint
     from plgg_fl.engine.networks import count_parameters
 
-    manifest = load_manifest(args.manifest)
+    manifest = _manifest(args.manifest)
     train_cases, val_cases = site_cases(manifest, "train"), site_cases(manifest, "val")
     if not train_cases:
-        log.error("%s: no usable training cases", args.manifest)
-        return 1
+        raise WorkError("no usable training cases", args.manifest)
     overrides = {"seed": args.seed, "device": args.device, **_sets(args.set)}
     if args.steps is not None:
         overrides["max_steps"] = args.steps
     torch.manual_seed(args.seed)
     if args.init:
-        model, init_cfg, meta = load_checkpoint(args.init)
+        model, init_cfg, meta = _checkpoint(args.init)
         if args.preset and args.preset != init_cfg.preset:
             log.warning("--preset %s ignored: the network comes from %s (%s)", args.preset, args.init, init_cfg.preset)
         # keep the pretrained model's preprocessing; training settings from this run's overrides
@@ -139,23 +166,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from plgg_fl.data.manifest import load_manifest
-    from plgg_fl.engine import evaluate_cases, load_checkpoint
+    from plgg_fl.engine import evaluate_cases
     from plgg_fl.engine.metrics import format_summary
 
-    manifest = load_manifest(args.manifest)
+    manifest = _manifest(args.manifest)
+    model, cfg, meta = _checkpoint(args.model)
     cases = site_cases(manifest, args.split)
     if not cases:
-        log.error("%s: no usable cases in split %s", args.manifest, args.split)
-        return 1
-    model, cfg, meta = load_checkpoint(args.ckpt)
+        raise WorkError(f"no usable cases in split {args.split}", args.manifest)
     cfg = cfg.replace(device=args.device)
     model.to(cfg.torch_device())
     _, summary = evaluate_cases(
         model, cases, cfg, out_dir=args.out, tta=args.tta, keep_largest=args.keep_largest,
         nsd_tolerance_mm=args.nsd_tolerance_mm, save_predictions=args.save_predictions, progress=not args.no_progress,
     )
-    print(f"{manifest.site} / {args.split}: {len(cases)} cases, checkpoint {args.ckpt} (step {meta['step']})")
+    print(f"{manifest.site} / {args.split}: {len(cases)} cases, checkpoint {args.model} (step {meta['step']})")
     for name, g in summary["groups"].items():
         print(f"  {name:<24} Dice {format_summary(g['dice'])}")
         if "hd95_mm" in g:
@@ -167,12 +192,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from plgg_fl.engine.evaluate import compare_models, read_rows
 
-    a, b = read_rows(args.a), read_rows(args.b)
+    a, b = _rows(read_rows, args.a), _rows(read_rows, args.b)
     comparison = args.comparison or next((r["comparison"] for r in a if r["a"] == "model"), None)
     if comparison is None:
-        log.error("%s: no model_vs_* rows", args.a)
-        return 1
+        raise CommandError("no model_vs_* rows", args.a)
     w = compare_models(a, b, comparison, args.metric)
     print(f"{comparison} {args.metric}: n={w['n']} median difference (A - B) {w['median_difference']:.4f}; "
           f"Wilcoxon W={w['statistic']} p={w['p_value']}" + (f" ({w['note']})" if "note" in w else ""))
     return 0
+
+
+def _rows(read_rows, path: Path) -> list:
+    """``read_rows(path)``; a missing or unreadable per_case.csv is a setup error (exit 2)."""
+    if not Path(path).is_file():
+        raise CommandError("per_case.csv not found", path)
+    try:
+        return read_rows(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"cannot read per_case.csv: {exc}", path) from None

@@ -4,7 +4,7 @@
 settings); these are the committed folders, initialised from the model class. For a real run hand
 each stage its starting model (absolute path *on the server*) in a generated copy::
 
-    plgg-fl jobs export --out /tmp/jobs --stage plgg_finetune --initial-ckpt /srv/plgg/brats_pretrain.pt
+    plgg-fl jobs export --out /tmp/jobs --stage plgg_finetune --init /srv/plgg/brats_pretrain.pt
     plgg-fl jobs export --out /tmp/jobs --stage plgg_evaluate --model stepwise=/srv/plgg/plgg_decoder.pt
     nvflare job submit -j /tmp/jobs/plgg_finetune
 """
@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plgg_fl.cliopts import add_aliased
 from plgg_fl.fl import recipes
 
 
@@ -66,7 +67,8 @@ def register(subparsers) -> None:
     e.add_argument("--out", default=None, help="output folder (default: ./jobs)")
     e.add_argument("--config", default=None, help="settings: a YAML or a name in simulator_configs/ (default: paper)")
     e.add_argument("--stage", nargs="+", choices=recipes.JOB_NAMES, default=None, help="only these jobs")
-    e.add_argument("--initial-ckpt", default=None, help="absolute server path of the starting model (training jobs)")
+    add_aliased(e, "--init", ["--initial-ckpt"], dest="initial_ckpt", default=None, metavar="CKPT",
+                help="training jobs start from this model: its absolute path on the server (default: none)")
     e.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="plgg_evaluate: a model to score")
     e.add_argument("--check", action="store_true", help="export to a temp folder and report drift from --out; exit 1 on drift")
     e.set_defaults(func=run_export)
@@ -90,6 +92,6 @@ def run_export(args: argparse.Namespace) -> int:
     for path in export_jobs(out, config, args.stage, args.initial_ckpt, models or None):
         print(f"exported {path}")
     if args.initial_ckpt is None and not models and out.resolve() != (recipes.PACKAGE_ROOT / "jobs").resolve():
-        print("note: no --initial-ckpt / --model given: training jobs start from the model class, plgg_evaluate has no model",
+        print("note: no --init / --model given: training jobs start from the model class, plgg_evaluate has no model",
               file=sys.stderr)
     return 0

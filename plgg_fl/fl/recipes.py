@@ -16,7 +16,7 @@ sites' validation Dice of the received global model (``best_FL_global_model.pt``
 **Initial weights.** A job folder holds no path. The committed ``jobs/`` folders initialise from the
 model class (``plgg_fl.fl.model.SeededPlggUNet(preset=..., seed=...)``, a seeded PlggUNet); to start from a previous stage's model,
 build the recipe with ``initial_ckpt=<absolute path on the server>`` - the pipeline does this for
-each stage at run time, and ``plgg-fl jobs export --initial-ckpt PATH --out DIR`` writes such a
+each stage at run time, and ``plgg-fl jobs export --init PATH --out DIR`` writes such a
 copy for a real federation (``plgg_evaluate`` likewise needs ``--model NAME=PATH``: the models to
 score; without one there is nothing to evaluate). NVFlare's persistor reads the file on the server.
 

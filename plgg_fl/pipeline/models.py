@@ -4,7 +4,7 @@ NVFlare's persistor saves a global model as ``{"model": state_dict, ...}``: weig
 no preprocessing. The pipeline knows both, so after a run it writes ``runs/<name>/models/<method>.pt``
 with :func:`plgg_fl.engine.save_checkpoint` (weights, preset and its arguments, the TrainConfig the
 sites trained with, preprocessing) and a ``meta`` naming the stages, sites and rounds behind it and the
-scalar test metrics each site reported. ``plgg-fl export runs/<name>/models/stepwise.pt OUT`` then
+scalar test metrics each site reported. ``plgg-fl export --model runs/<name>/models/stepwise.pt --out OUT`` then
 gives a model for clinical inference with its model card filled in.
 """
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from plgg_fl.errors import CommandError, os_error
 
 
-def _fail(command: str, exc: BaseException) -> int:
-    """One line on stderr, ``plgg-fl <command>: error: <what>``; exit code 2 (the run could not start)."""
-    what = str(exc)
-    if isinstance(exc, OSError) and exc.filename and not isinstance(exc, (FileExistsError, FileNotFoundError)):
-        what = f"{exc.filename}: {exc.strerror or exc}"
-    print(f"plgg-fl {command}: error: {what}", file=sys.stderr)
-    return 2
+def _setup_error(exc: Exception) -> CommandError:
+    """The exception that stopped the run before any scan as a :class:`CommandError` (exit 2)."""
+    if isinstance(exc, CommandError):
+        return exc
+    if isinstance(exc, OSError) and exc.filename:
+        return os_error(exc)
+    return CommandError(exc)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,10 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
 
-    e = sub.add_parser("export", help="export a checkpoint to torch.export weights + model card JSON")
-    e.add_argument("ckpt", help="engine checkpoint")
-    e.add_argument("out", help="output folder (model.pt2, model_card.json)")
-    e.add_argument("--overwrite", action="store_true")
+    e = sub.add_parser("export", help="export a checkpoint to torch.export weights + model card JSON",
+                       description="Writes OUT/model.pt2 (torch.export program) and OUT/model_card.json for `plgg-fl predict`.")
+    e.add_argument("--model", "-m", metavar="CKPT", help="engine checkpoint (.pt) to export")
+    e.add_argument("--out", "-o", metavar="DIR", help="output folder (model.pt2, model_card.json)")
+    e.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)  # old form: plgg-fl export CKPT OUT
+    e.add_argument("--overwrite", action="store_true", help="replace an existing export (default: refuse)")
     e.set_defaults(func=_export)
 
 
@@ -73,7 +76,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         summary = predict_inputs(args.inputs, args.model, args.out, opts)
     except (OSError, ValueError) as exc:  # SetupError, reports present, no model, output unwritable
-        return _fail("predict", exc)
+        raise _setup_error(exc) from None
     print(summary.text())
     return summary.exit_code
 
@@ -81,9 +84,20 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from plgg_fl.predict.export import export_model
 
+    model, out_dir = _export_paths(args)
     try:
-        out = export_model(args.ckpt, args.out, overwrite=args.overwrite)
+        out = export_model(model, out_dir, overwrite=args.overwrite)
     except (OSError, ValueError) as exc:
-        return _fail("export", exc)
-    print(f"exported {args.ckpt} -> {out}")
+        raise _setup_error(exc) from None
+    print(f"exported {model} -> {out}")
     return 0
+
+
+def _export_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """``--model`` and ``--out``, or the old positional form ``CKPT OUT``; not both, nothing missing."""
+    if args.legacy and (len(args.legacy) != 2 or args.model or args.out):
+        raise CommandError("give --model CKPT --out DIR")
+    model, out = args.legacy if args.legacy else (args.model, args.out)
+    if not model or not out:
+        raise CommandError("give --model CKPT --out DIR")
+    return model, out

@@ -1,4 +1,4 @@
-"""``plgg-fl export CKPT OUT``: a self-contained inference model plus a JSON model card.
+"""``plgg-fl export --model CKPT --out DIR``: a self-contained inference model plus a JSON model card.
 
 ``OUT/model.pt2`` is a ``torch.export`` program of the network in eval mode (input
 ``[B, 1, *window]`` z-scored T2 windows, B dynamic 1-64; output ``[B, 2, *window]`` logits, softmax
@@ -103,7 +103,7 @@ def _open_model(path: Path, load: Any) -> Any:
         return load()
     except Exception:  # noqa: BLE001 - what failed is reported as what the file is
         log.debug("%s: cannot be loaded as a model", path)
-        raise ModelError(f"{path}: not a plgg-fl model: {_what_file(path)}; {_WANTED}") from None
+        raise ModelError(f"not a plgg-fl model: {_what_file(path)}; {_WANTED}", path) from None
 
 
 def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -112,7 +112,9 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
 
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+        raise ModelError("checkpoint not found", ckpt)
+    if not overwrite and any((out / name).exists() for name in (WEIGHTS, CARD)):
+        raise SetupError("export already there; pass --overwrite to replace it", out)
     raw = _open_model(ckpt, lambda: read_checkpoint(ckpt))
     model, cfg, meta = _open_model(ckpt, lambda: load_checkpoint(ckpt, device="cpu"))
     model.eval()
@@ -167,14 +169,14 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, 
     path = Path(path)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: model not found (an engine checkpoint or an export folder)")
+        raise ModelError("model not found: give an engine checkpoint or an export folder", path)
     if path.is_dir():
         card_path = path / CARD
         if not card_path.is_file():
-            raise ModelError(f"{path}: not a plgg-fl model: no {CARD} in this folder; {_WANTED}")
+            raise ModelError(f"not a plgg-fl model: no {CARD} in this folder; {_WANTED}", path)
         card = _open_model(path, lambda: json.loads(card_path.read_text(encoding="utf-8")))
         if not isinstance(card, dict) or card.get("format") != FORMAT:
-            raise ModelError(f"{card_path}: unknown format {card.get('format') if isinstance(card, dict) else None!r} (expected {FORMAT})")
+            raise ModelError(f"unknown format {card.get('format') if isinstance(card, dict) else None!r}, expected {FORMAT}", card_path)
         program = _open_model(path, lambda: torch.export.load(str(path / card["weights"])))
         if dev.type != "cpu":
             from torch.export.passes import move_to_device_pass

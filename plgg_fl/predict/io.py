@@ -22,6 +22,7 @@ from typing import Any, Callable
 import nibabel as nib
 import numpy as np
 
+from plgg_fl.errors import CommandError
 from plgg_fl.predict.runlog import nibabel_notes
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -31,8 +32,9 @@ CHANNEL_SUFFIX = "_0000"  # nnU-Net's first (here: only) input channel
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-class SetupError(ValueError):
-    """The run cannot start (exit code 2): unusable --model, --out or --brain-mask, or clashing outputs."""
+class SetupError(CommandError, ValueError):
+    """The run cannot start (exit code 2): unusable --model, --out or --brain-mask, or clashing outputs.
+    ``SetupError(what, file)``; ``str(err)`` is ``"<what> (<file>)"``."""
 
 
 class InputError(ValueError):

@@ -77,13 +77,13 @@ def check_outputs(items: list[ScanInput], out_dir: Path, prob: bool) -> None:
     owner: dict[str, ScanInput] = {}
     for it in items:
         if not it.key or it.key in (".", "..") or any(c in it.key for c in "/\\\0"):
-            raise SetupError(f"{it.path}: key {it.key!r} cannot be a file name")
+            raise SetupError(f"key {it.key!r} cannot be a file name", it.path)
         for p in output_paths(it, out_dir, prob):
             other = owner.setdefault(p.name.casefold(), it)
             if other is not it:
-                raise SetupError(f"{other.path} and {it.path} would both be written to {p}; rename one, or segment them in separate runs")
+                raise SetupError(f"{other.path} and {it.path} would both be written to one file; rename one, or segment them in separate runs", p)
             if p.resolve() in inputs:
-                raise SetupError(f"{p} is an input; writing {it.path}'s result there would replace it; choose another --out")
+                raise SetupError(f"output is an input; writing {it.path}'s result there would replace it; choose another --out", p)
 
 
 def attach_brain_masks(items: list[ScanInput], brain_masks: str | Path) -> None:
@@ -91,11 +91,11 @@ def attach_brain_masks(items: list[ScanInput], brain_masks: str | Path) -> None:
     bm = Path(brain_masks)
     if bm.is_file():
         if len(items) != 1:
-            raise SetupError(f"{bm}: one brain-mask file for {len(items)} input scans; pass a folder of <key>.nii.gz masks")
+            raise SetupError(f"one brain-mask file for {len(items)} input scans; pass a folder of <key>.nii.gz masks", bm)
         items[0].brain_mask = bm
         return
     if not bm.is_dir():
-        raise SetupError(f"{bm}: brain mask file or folder not found")
+        raise SetupError("brain mask file or folder not found", bm)
     present = {p.name for p in bm.iterdir() if p.is_file()}
     for it in items:
         wanted = [form.format(key=it.key) for form in BRAIN_MASK_FORMS]

@@ -224,11 +224,11 @@ def prepare_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise SetupError(f"{out}: output folder not writable ({exc.strerror or exc}); choose another --out") from None
+        raise SetupError(f"output folder not writable: {exc.strerror or exc}; choose another --out", out) from None
     reports = out / "volumes.csv", out / "summary.json"
     for p in reports:
         if p.exists() and not overwrite:
-            raise FileExistsError(f"{p}: already exists; pass --overwrite or choose another --out")
+            raise FileExistsError(f"already exists; pass --overwrite or choose another --out ({p})")
     return reports
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from plgg_fl.cliopts import add_aliased
 from plgg_fl.errors import CommandError
 
 
@@ -14,8 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--key", default=None, help="key CSV (default: <out>_KEY.csv beside the packet; never inside it)")
     p.add_argument("--run", default=None, help="a run folder: model settings and checkpoint (with --method), cohort (with --site)")
     p.add_argument("--method", default="stepwise", help="the run's method whose model is reviewed (default stepwise)")
-    p.add_argument("--checkpoint", default=None, help="model checkpoint instead of --run (engine format, or NVFlare with --preset)")
-    p.add_argument("--preset", default=None, help="network preset for an NVFlare-format --checkpoint")
+    add_aliased(p, "--model", ["--checkpoint"], default=None, metavar="CKPT",
+                help="model checkpoint instead of --run's (engine format, or NVFlare with --preset)")
+    p.add_argument("--preset", default=None, help="network preset for an NVFlare-format --model")
     p.add_argument("--manifest", default=None, help="this site's manifest (default with --run: the run cohort's --site manifest)")
     p.add_argument("--site", default="dfci_bch", help="site name in the run's cohort (default dfci_bch)")
     p.add_argument("--split", default="test", help="split the cases come from (default test)")
@@ -38,17 +40,17 @@ def _model_and_cfg(args):
         from plgg_fl.report.collect import load_run
 
         run = load_run(args.run)
-        ckpt = Path(args.checkpoint) if args.checkpoint else run.checkpoint(args.method)
+        ckpt = Path(args.model) if args.model else run.checkpoint(args.method)
         if ckpt is None or not ckpt.is_file():
             raise CommandError(f"no checkpoint for method {args.method!r}", args.run)
         preset = str(run.config.get("preset", "small"))
         train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
         return _load_model(ckpt, preset), TrainConfig.from_overrides({**train, "preset": preset}), run
-    if not args.checkpoint:
-        raise CommandError("give --run RUN_DIR or --checkpoint CKPT")
+    if not args.model:
+        raise CommandError("give --run RUN_DIR or --model CKPT")
     if args.preset:
-        return _load_model(Path(args.checkpoint), args.preset), TrainConfig.for_preset(args.preset), None
-    model, cfg, _ = load_checkpoint(args.checkpoint)
+        return _load_model(Path(args.model), args.preset), TrainConfig.for_preset(args.preset), None
+    model, cfg, _ = load_checkpoint(args.model)
     assert isinstance(model, PlggUNet)
     return model, cfg, None
 
