@@ -105,8 +105,9 @@ class Trainer:
             to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=cfg.batch_dice
         )
         self.step = 0
-        warm = cfg.augment_warmup_steps > 0 and cfg.augment != "off"
-        self.transform = self._chain("off" if warm else cfg.augment)
+        # the step at which augmentation switches on (None: it is on, or off, from the start)
+        self._augment_from = cfg.augment_warmup_steps if cfg.augment_warmup_steps > 0 and cfg.augment != "off" else None
+        self.transform = self._chain("off" if self._augment_from else cfg.augment)
         self.dataset = CacheDataset(
             case_dicts(train_cases),
             transform=self.transform,
@@ -140,7 +141,7 @@ class Trainer:
     def _next_batch(self) -> dict:
         """The next batch; at ``augment_warmup_steps`` the augmentation switches on (the cached,
         deterministic prefix of the chain is unchanged, so nothing is re-read)."""
-        if self.step == self.cfg.augment_warmup_steps and self.cfg.augment != "off" and self.step > 0:
+        if self.step == self._augment_from:
             self.transform = self._chain(self.cfg.augment)
             self.dataset.transform = self.transform
             self._batches = self._forever()  # a new epoch: workers (if any) see the new chain
