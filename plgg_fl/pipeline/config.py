@@ -15,6 +15,8 @@ Example (``simulator_configs/tiny.yaml``)::
     job_timeout_s: 600               # a simulator job running longer is stopped and reported
     gpu: "0"                         # optional: NVFlare SimEnv gpu_config; clients use cuda when set
     methods: [stepwise, adult_only]  # see METHODS
+    pretrained: runs/demo/checkpoints/stage1_brats_pretrain.pt  # optional: a stage-1 global model to start
+                                     # from instead of training stage 1 (NVFlare or engine checkpoint)
 
 A stage entry takes the :class:`plgg_fl.fl.recipes.StageOptions` fields (``num_rounds``,
 ``local_steps``, ``send``, ``fedprox_mu``, ``privacy``, ``train``) plus ``sites``. Relative paths are
@@ -43,7 +45,7 @@ METHODS = {
     "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
 }
 STAGES = ("pretrain", "finetune", "decoder")
-_TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed"}
+_TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed", "pretrained"}
 
 
 class ConfigError(CommandError, ValueError):
@@ -84,6 +86,7 @@ class PipelineConfig:
     methods: list[str] = field(default_factory=lambda: ["stepwise"])
     job_timeout_s: float = 1800.0  # a simulator job running longer is stopped and reported
     gpu: str | None = None  # SimEnv gpu_config, e.g. "0" or "0,1" (clients spread over the GPUs); None = CPU
+    pretrained: Path | None = None  # a stage-1 model used instead of training stage 1
     source: str = ""
 
     @property
@@ -111,16 +114,27 @@ def _stage(name: str, raw: Any, preset: str, train: dict, origin: str) -> StageS
     return StageSpec(sites=sites, options=opts)
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Read and check a simulator config. Raises :class:`ConfigError` naming the problem."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping. Raises :class:`ConfigError` when it is missing, not YAML or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config file not found", path)
-    origin = str(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", origin) from exc
+        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("a config is a YAML mapping (name, cohort, stages, ...)", path)
+    return data
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and check a simulator config. Raises :class:`ConfigError` naming the problem."""
+    return config_from_dict(read_yaml(path), str(path), Path(path).stem)
+
+
+def config_from_dict(data: dict[str, Any], origin: str, default_name: str = "run") -> PipelineConfig:
+    """Check a config mapping (as read from YAML); ``origin`` names it in errors. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError("a config is a YAML mapping (name, cohort, stages, ...)", origin)
     unknown = set(data) - _TOP
@@ -140,8 +154,8 @@ def load_config(path: str | Path) -> PipelineConfig:
     if handoff not in ("last", "best"):
         raise ConfigError(f"handoff must be 'last' or 'best', got {handoff!r}", origin)
     return PipelineConfig(
-        name=str(data.get("name") or path.stem),
-        cohort_dir=Path(cohort.get("dir", f"runs/cohorts/{path.stem}")),
+        name=str(data.get("name") or default_name),
+        cohort_dir=Path(cohort.get("dir", f"runs/cohorts/{default_name}")),
         cohort_size=str(cohort.get("size", "tiny")),
         cohort_seed=int(cohort.get("seed", 0)),
         preset=preset,
@@ -153,6 +167,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         methods=methods,
         job_timeout_s=float(data.get("job_timeout_s", 1800.0)),
         gpu=None if data.get("gpu") is None else str(data["gpu"]),
+        pretrained=None if data.get("pretrained") is None else Path(str(data["pretrained"])),
         source=origin,
     )
 
@@ -169,4 +184,6 @@ def dump_config(cfg: PipelineConfig) -> str:
         "handoff": cfg.handoff,
         "methods": cfg.methods,
     }
+    if cfg.pretrained is not None:
+        data["pretrained"] = str(cfg.pretrained)
     return yaml.safe_dump(data, sort_keys=False)

@@ -57,7 +57,8 @@ def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: li
         model = PlggUNet(preset=tcfg.preset)
         model.load_state_dict(state)
         chain = _chain(method)
-        jobs = [{"job": s["job"], "sites": s["sites"], "rounds": len(s.get("rounds") or []), "wall_s": s.get("wall_s")}
+        jobs = [{"job": s["job"], "sites": s["sites"], "rounds": len(s.get("rounds") or []), "wall_s": s.get("wall_s"),
+                 **({"reused": s["reused"]} if s.get("reused") else {})}
                 for step in chain for s in stages if (s["method"], s["job"]) == step]
         meta = {
             "method": method,

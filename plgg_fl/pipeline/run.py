@@ -96,6 +96,28 @@ class Pipeline:
         self._log(f"{method}: {recipe.name} done in {res.wall_s:.1f}s -> {dest.relative_to(self.out)}")
         return dest
 
+    def use_pretrained(self, src: Path) -> Path:
+        """Stage 1 not trained: ``src`` (any checkpoint format) is written as this run's stage-1 global model
+        in NVFlare's format, where a trained one would be."""
+        import torch
+
+        from plgg_fl.fl.locator import read_state_dict
+
+        src = Path(src).resolve()
+        if not src.is_file():
+            raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
+        try:
+            state = read_state_dict(str(src))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
+        dest = self.out / "checkpoints" / "stage1_brats_pretrain.pt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": state}, dest)
+        self.stages.append({"method": "stage1", "job": "brats_pretrain", "sites": self.cfg.stages["pretrain"].sites,
+                            "wall_s": 0.0, "reused": str(src), "checkpoint": str(dest.relative_to(self.out))})
+        self._log(f"stage1: not trained; starting from {src}")
+        return dest
+
     def _progress(self, line: str) -> None:
         self.printer(line)
 
@@ -160,7 +182,7 @@ class Pipeline:
     def _train_methods(self) -> None:
         cfg, methods = self.cfg, self.cfg.methods
         if set(methods) & {"adult_only", "transfer", "stepwise", "local_only", "pooled"}:
-            s1 = self.train_stage("stage1", "pretrain", None)
+            s1 = self.use_pretrained(cfg.pretrained) if cfg.pretrained else self.train_stage("stage1", "pretrain", None)
             self.models["adult_only_init"] = s1
             if "adult_only" in methods:
                 self.models["adult_only"] = s1

@@ -117,3 +117,30 @@ def dice_vs_volume(per_case: dict, sites: list[str], methods: list[str], path: P
     ax.legend(fontsize=7, ncol=2, loc="best")
     ax.set_title("Dice against tumour volume")
     return _save(fig, path)
+
+
+def learning_curve(rows: list[dict], path: Path) -> Path:
+    """One panel per test set: median Dice (pooled over seeds) against training cases, a line per method,
+    bars spanning the per-seed medians. ``rows``: :func:`plgg_fl.report.study.curve_rows`."""
+    sites = list(dict.fromkeys(r["site"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(sites), figsize=(4.6 * len(sites), 3.6), squeeze=False, sharey=True)
+    for ax, site in zip(axes[0], sites):
+        for i, m in enumerate(methods):
+            pts = sorted((r["train_cases"], r["pooled"]["median"], r["spread"]["min"], r["spread"]["max"])
+                         for r in rows if r["site"] == site and r["method"] == m)
+            if not pts:
+                continue
+            x, y, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
+            err = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+            ax.errorbar(x + (i - (len(methods) - 1) / 2) * 0.15, y, yerr=np.nan_to_num(err), label=m, capsize=3,
+                        color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)], lw=1.4, ms=5)
+        ax.set_title(site)
+        ax.set_xlabel("training cases")
+        ax.set_xticks(sorted({r["train_cases"] for r in rows}))
+        ax.set_ylim(0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("median Dice (pooled over seeds)")
+    axes[0][-1].legend(loc="lower right", fontsize=9)
+    fig.suptitle("Data-limited curve")
+    return _save(fig, path)
