@@ -5,7 +5,8 @@
 ``cross_site_val/cross_val_results.json``. Checkpoints are PyTorch files holding a state dict or
 ``{"model": state_dict, ...}`` (what NVFlare's PT persistor and ``plgg_fl.engine.save_checkpoint``
 write). Paths are server-side and absolute; the committed ``jobs/plgg_evaluate`` names none (the
-pipeline, or ``plgg-fl jobs export --model NAME=PATH``, fills them in a generated copy).
+pipeline, or ``plgg-fl jobs export --model NAME=PATH``, fills them in a generated copy): submitted as
+it is, it fails saying so, as does a job naming a checkpoint the server machine does not have.
 """
 
 from __future__ import annotations
@@ -47,10 +48,24 @@ class CheckpointLocator(ModelLocator):
         fobs.register(TensorDecomposer)
 
     def get_model_names(self, fl_ctx: FLContext) -> list[str]:
+        """Every named model, or none: an evaluation without a model, or with a checkpoint the server
+        cannot read, stops the job (NVFlare ``system_panic``) with what is missing, rather than ending
+        COMPLETED with no results."""
+        if not self.models:
+            return self._fail(fl_ctx, "plgg_evaluate names no model to evaluate. Write a job that names them: "
+                                      "`plgg-fl jobs export --stage plgg_evaluate --model NAME=PATH` (PATH on the server "
+                                      "machine), or run the stages with `plgg-fl submit --chain`")
         missing = {n: p for n, p in self.models.items() if not os.path.isfile(p)}
         if missing:
-            self.log_error(fl_ctx, f"checkpoints not found on the server: {missing}")
-        return [n for n in self.models if n not in missing]
+            return self._fail(fl_ctx, "checkpoint(s) not found on the server machine: "
+                              + ", ".join(f"{n}={p}" for n, p in missing.items())
+                              + ". Model paths are read by the server; give paths that exist there")
+        return list(self.models)
+
+    def _fail(self, fl_ctx: FLContext, msg: str) -> list[str]:
+        self.log_error(fl_ctx, msg)
+        self.system_panic(msg, fl_ctx)
+        return []
 
     def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
         state = read_state_dict(self.models[model_name])
