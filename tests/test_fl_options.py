@@ -53,9 +53,10 @@ def test_fedopt_server_optimiser_on_pinned_sites(tmp_path):
         decoder_recipe(StageOptions(preset="tiny", send="diff", server_opt=opts.server_opt))
     from plgg_fl.fl.recipes import finetune_recipe
 
-    res = run_in_simulator(finetune_recipe(opts, sites=["cbtn"]), ["cbtn", "dfci_bch"], tmp_path / "ws", manifests,
-                           printer=lambda s: None, timeout_s=300)
-    res.sites = ["cbtn"]  # dfci_bch connected but not pinned: evaluation-only
+    recipe = finetune_recipe(opts, sites=["cbtn"])
+    recipe.export(str(tmp_path / "jobs"))  # dfci_bch (not pinned: evaluation-only) gets no app at all
+    meta = json.loads((tmp_path / "jobs" / "plgg_finetune" / "meta.json").read_text())
+    assert sorted(t for ts in meta["deploy_map"].values() for t in ts) == ["cbtn", "server"]
+    res = run_in_simulator(recipe, ["cbtn"], tmp_path / "ws", manifests, printer=lambda s: None, timeout_s=300)
     check_training(res, 2)
     assert "FedOpt" in (res.workspace / "server" / "log.txt").read_text()
-    assert "round 0" not in res.site_log("dfci_bch").read_text()  # the unpinned site never trained

@@ -80,8 +80,18 @@ def test_committed_jobs_hold_no_paths():
         text = cfg.read_text(encoding="utf-8")
         assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), f"absolute path in {cfg}"
         assert "source_ckpt_file_full_name" not in text and ".nii" not in text, cfg
-    server = json.loads((REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
+    server = json.loads((REPO / "jobs" / "plgg_decoder" / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
     wf = server["workflows"][0]
     assert wf["path"] == "plgg_fl.fl.controller.PinnedFedAvg" and wf["args"]["sites"] == ["cbtn"]
-    client = (REPO / "jobs" / "plgg_decoder" / "app" / "config" / "config_fed_client.json").read_text(encoding="utf-8")
+    client = (REPO / "jobs" / "plgg_decoder" / "app_cbtn" / "config" / "config_fed_client.json").read_text(encoding="utf-8")
     assert "--stage decoder" in client and "plgg_fl.fl.filters.SendRecorder" in client
+
+
+def test_committed_jobs_deploy_only_to_the_sites_that_take_part():
+    """No idle job process at a site a stage does not use: the deploy map names the pinned sites."""
+    expect = {"brats_pretrain": ["brats"], "plgg_finetune": ["cbtn"], "plgg_decoder": ["cbtn"], "plgg_evaluate": ["cbtn", "dfci_bch"]}
+    for job, sites in expect.items():
+        meta = json.loads((REPO / "jobs" / job / "meta.json").read_text(encoding="utf-8"))
+        targets = sorted(t for ts in meta["deploy_map"].values() for t in ts)
+        assert targets == sorted(["server", *sites]) and "@ALL" not in json.dumps(meta), (job, meta)
+        assert meta["min_clients"] == len(sites), (job, meta)

@@ -6,7 +6,7 @@ Everything here goes through NVFlare's own FLARE API (``new_secure_session``, ``
 ``member`` is refused by the server, not by this module).
 
 Chaining: a stage job starts from a model that travels *inside the job folder* - the checkpoint is
-copied into the job's ``app/custom/`` and the server's PT persistor is pointed at it by a relative
+copied into the server app's ``custom/`` (``app_server/custom/``) and the server's PT persistor is pointed at it by a relative
 name (NVFlare resolves relative checkpoint names against the app's custom folder on the server), so
 the lead's machine and the server need not share a disk. The evaluation job's locator takes
 absolute server paths (see :func:`prepare_stage_job`).
@@ -207,36 +207,11 @@ def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoin
         if checkpoint is None:
             raise ValueError("plgg_evaluate needs a model to score")
         models = {model_name: str(Path(checkpoint).resolve())}
-        return deploy_only_to_participants(export_jobs(Path(out), Path(config), [stage], models=models)[0])
+        return export_jobs(Path(out), Path(config), [stage], models=models)[0]
     job = export_jobs(Path(out), Path(config), [stage])[0]
     if checkpoint is not None:
         embed_initial_model(job, checkpoint)
-    return deploy_only_to_participants(job)
-
-
-def deploy_only_to_participants(job_dir: str | Path) -> Path:
-    """Deploy the job to the server and the sites its workflow names, not to every site (``@ALL``).
-
-    A site outside the workflow would otherwise start a job process that only waits (and costs a
-    process start of torch + MONAI). Sites are read from the server workflow's ``sites`` (pinned
-    FedAvg) or ``participating_clients`` (evaluation). Folders without either are left as they are.
-    """
-    job_dir = Path(job_dir)
-    meta_path = job_dir / "meta.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    deploy_map = meta.get("deploy_map", {})
-    for app, targets in deploy_map.items():
-        if targets != ["@ALL"]:
-            continue
-        cfg = json.loads((job_dir / app / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
-        sites = []
-        for wf in cfg.get("workflows", []):
-            args = wf.get("args", {})
-            sites += args.get("sites") or args.get("participating_clients") or []
-        if sites:
-            deploy_map[app] = ["server", *dict.fromkeys(sites)]
-    meta_path.write_text(json.dumps(meta, indent=4), encoding="utf-8")
-    return job_dir
+    return job
 
 
 def submit_and_follow(session: Session, job_dir: str | Path, download_to: str | Path | None = None,

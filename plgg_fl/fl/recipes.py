@@ -40,9 +40,9 @@ from nvflare.client.config import ExchangeFormat
 from nvflare.job_config.base_fed_job import BaseFedJob
 from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 from nvflare.recipe.spec import Recipe
-from nvflare.recipe.utils import add_experiment_tracking
+from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 
-from plgg_fl.fl.controller import PinnedFedAvg
+from plgg_fl.fl.controller import ROUND_TIMEOUT_S, PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
 
@@ -78,7 +78,9 @@ class StageOptions:
     training result; ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
     the site sets ``$PLGG_FL_RECORD_SENDS``); ``server_opt``: FedOpt instead of FedAvg on the server,
     ``{"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
-    "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only.
+    "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only;
+    ``round_timeout_s``: seconds a round may take before the pinned sites that have not sent their
+    result fail the job, by name (default :data:`plgg_fl.fl.controller.ROUND_TIMEOUT_S`, 2 h).
     """
 
     preset: str = "small"
@@ -89,6 +91,7 @@ class StageOptions:
     privacy: dict[str, Any] | None = None
     record_sends: bool = True
     server_opt: dict[str, Any] | None = None
+    round_timeout_s: int = ROUND_TIMEOUT_S
     train: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -150,11 +153,15 @@ class _PackageScript:
 class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
     """NVFlare's PyTorch FedAvgRecipe with :class:`PinnedFedAvg` as the server workflow."""
 
-    def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, server_opt: dict | None = None, **kwargs):
+    def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, server_opt: dict | None = None,
+                 round_timeout_s: int = ROUND_TIMEOUT_S, **kwargs):
         self._sites = list(sites)
         self._fedprox_mu = fedprox_mu or None
         self._server_opt = server_opt
+        self._round_timeout_s = int(round_timeout_s)
         super().__init__(min_clients=len(self._sites), **kwargs)
+        # the client app goes to the pinned sites only (deploy_map), not to every connected site
+        set_per_site_config(self, {site: {} for site in self._sites})
         if server_opt:  # FedOpt steps a model object on the server (its weights come from the persistor)
             from plgg_fl.fl.model import SeededPlggUNet
 
@@ -177,6 +184,7 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
                 lr_scheduler_args=ensure_config_type_dict(opt.get("lr_scheduler") or {
                     "path": "torch.optim.lr_scheduler.ConstantLR", "args": {"factor": 1.0, "total_iters": 0}}),
                 device="cpu",
+                round_timeout_s=self._round_timeout_s,
             )
         return PinnedFedAvg(
             sites=self._sites,
@@ -188,6 +196,7 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
             task_name="train",
             exclude_vars=self.exclude_vars,
             fedprox_mu=self._fedprox_mu,
+            round_timeout_s=self._round_timeout_s,
         )
 
 
@@ -232,6 +241,7 @@ def training_recipe(
         sites=sites,
         fedprox_mu=opts.fedprox_mu,
         server_opt=opts.server_opt,
+        round_timeout_s=opts.round_timeout_s,
         model=model_config(opts.preset, opts.train.get("seed", 0)),
         initial_ckpt=initial_ckpt,
         num_rounds=opts.num_rounds,
@@ -288,14 +298,14 @@ class EvaluateRecipe(_PackageScript, Recipe):
         job.to_server(
             GlobalModelEval(model_locator_id=locator_id, participating_clients=list(sites), validation_timeout=timeout_s)
         )
+        self._sites = list(sites)
         opts = StageOptions(preset=preset, train=dict(train or {}), local_steps=0)
         self._runner_args = client_args("full", opts, extra=f"--eval-splits {eval_splits}")
         Recipe.__init__(self, job)
 
     def _prepare_client_apps(self) -> None:
-        self._job.to_clients(
-            ScriptRunner(script=CLIENT_SCRIPT, script_args=self._runner_args, framework=FrameworkType.PYTORCH)
-        )
+        for site in self._sites:  # deployed to the evaluation sites only
+            self._job.to(ScriptRunner(script=CLIENT_SCRIPT, script_args=self._runner_args, framework=FrameworkType.PYTORCH), site)
 
 
 def evaluate_recipe(
