@@ -240,7 +240,7 @@ def test_usage_errors_of_other_commands_are_one_line_in_the_common_style(tmp_pat
     cases = [(["status"], "plgg-fl status: error: give --kit ADMIN_KIT_DIR (or set $PLGG_FL_ADMIN_KIT)"),
              (["review-packet", "--out", str(tmp_path / "p")], "plgg-fl review-packet: error: give --run RUN_DIR or --model CKPT"),
              (["jobs", "export", "--config", "nope", "--out", str(tmp_path / "j")],
-              "plgg-fl jobs export: error: no config named 'nope'; bundled: demo, paper, tiny (")]
+              "plgg-fl jobs export: error: no config named 'nope'; bundled: demo, paper, study, tiny (")]
     for argv, line in cases:
         assert main(argv) == 2
         out, err = _err_lines(capsys)

@@ -137,6 +137,8 @@ def config_from_dict(data: dict[str, Any], origin: str, default_name: str = "run
     """Check a config mapping (as read from YAML); ``origin`` names it in errors. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError("a config is a YAML mapping (name, cohort, stages, ...)", origin)
+    if "base" in data and "stages" not in data:
+        raise ConfigError("this is a study config (it names a 'base'); run it with `plgg-fl study --config ...`", origin)
     unknown = set(data) - _TOP
     if unknown:
         raise ConfigError(f"unknown field(s) {sorted(unknown)}; known: {sorted(_TOP)}", origin)
