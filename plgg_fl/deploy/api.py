@@ -8,8 +8,8 @@ Everything here goes through NVFlare's own FLARE API (``new_secure_session``, ``
 Chaining: a stage job starts from a model that travels *inside the job folder* - the checkpoint is
 copied into the server app's ``custom/`` (``app_server/custom/``) and the server's PT persistor is pointed at it by a relative
 name (NVFlare resolves relative checkpoint names against the app's custom folder on the server), so
-the lead's machine and the server need not share a disk. The evaluation job's locator takes
-absolute server paths (see :func:`prepare_stage_job`).
+the lead's machine and the server need not share a disk. The evaluation job ships the model it scores
+the same way (its locator reads a bare file name from the server app's folder).
 """
 
 from __future__ import annotations
@@ -147,6 +147,22 @@ def _write_logs(result_dir, texts: dict, suffix: str) -> dict[str, Path]:
 _ERROR_LINE = re.compile(r"\[plgg-fl client\] FAILED|^\S*(Error|Exception): ")
 
 
+_SERVER_ERROR = re.compile(r" - ERROR - (?:\[[^\]]*\] - )?(.*)$")
+
+
+def server_errors(result_dir: str | Path, max_lines: int = 5) -> list[str]:
+    """The server's error messages for the job (from its log in the downloaded ``workspace/``): why the
+    server stopped it, e.g. ``round 1: no result from site(s) dfci_bch ...`` or an evaluation job
+    with no model. Traceback lines are left out."""
+    out: list[str] = []
+    for f in sorted(Path(result_dir).glob("workspace/**/log.txt")):
+        for ln in f.read_text(errors="replace", encoding="utf-8").splitlines():
+            m = _SERVER_ERROR.search(ln)
+            if m and not m.group(1).startswith("Traceback"):
+                out.append(m.group(1).strip())
+    return list(dict.fromkeys(out))[-max_lines:]
+
+
 def site_errors(result_dir: str | Path, max_lines: int = 5) -> dict[str, list[str]]:
     """Per site, the error lines of its streamed job log (``site_logs/``): who failed and why."""
     out = {}
@@ -197,17 +213,21 @@ def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoin
                       model_name: str = "stepwise") -> Path:
     """Export stage job ``stage`` from pipeline config ``config`` into ``out/<stage>``.
 
-    Training stages start from ``checkpoint`` (embedded in the job); ``plgg_evaluate`` scores it
-    under ``model_name`` (its locator reads an absolute path on the server: the lead's machine and
-    the server must share that path, as in a one-machine trial).
+    Training stages start from ``checkpoint`` and ``plgg_evaluate`` scores it under ``model_name``;
+    either way the file travels inside the job folder (the server app's ``custom/``), so the lead's
+    machine and the server need not share a disk.
     """
     from plgg_fl.fl.cli import export_jobs  # the FL layer owns the job definitions
 
     if stage == "plgg_evaluate":
         if checkpoint is None:
             raise ValueError("plgg_evaluate needs a model to score")
-        models = {model_name: str(Path(checkpoint).resolve())}
-        return export_jobs(Path(out), Path(config), [stage], models=models)[0]
+        shipped = f"{model_name}.pt"  # travels in the job; the server's locator reads it from the app folder
+        job = export_jobs(Path(out), Path(config), [stage], models={model_name: shipped})[0]
+        for app in job.glob("app_server*"):
+            (app / "custom").mkdir(exist_ok=True)
+            shutil.copyfile(checkpoint, app / "custom" / shipped)
+        return job
     job = export_jobs(Path(out), Path(config), [stage])[0]
     if checkpoint is not None:
         embed_initial_model(job, checkpoint)
@@ -226,6 +246,8 @@ def submit_and_follow(session: Session, job_dir: str | Path, download_to: str | 
         out.result_dir = download(session, job_id, download_to)
         echo(f"result of {job_id}: {out.result_dir}")
         if not out.ok:
+            for line in server_errors(out.result_dir):
+                echo(f"  server: {line}")
             for site, lines in site_errors(out.result_dir).items():
                 echo(f"  site {site} failed: " + " | ".join(lines))
     return out

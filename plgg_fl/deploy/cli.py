@@ -150,6 +150,8 @@ def run_download(args) -> int:
     try:
         result = api.download(session, args.job_id, args.out)
         print(result)
+        for line in api.server_errors(result):
+            print(f"server: {line}")
         for site, lines in api.site_errors(result).items():
             print(f"site {site} failed: " + " | ".join(lines))
         return 0

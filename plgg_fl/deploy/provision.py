@@ -109,8 +109,7 @@ def provision(
         elif p["type"] == "admin":
             kits.admins[p["name"]] = kit
             kits.roles[p["name"]] = p.get("role")
-    if server_storage or heartbeat_timeout:
-        set_server_resources(kits.server, server_storage, heartbeat_timeout)
+    set_server_resources(kits.server, server_storage, heartbeat_timeout)
     if sites_dir:
         for site, kit in kits.clients.items():
             install_site_policies(kit, Path(sites_dir) / site)
@@ -131,13 +130,25 @@ def install_site_policies(kit: str | Path, site_dir: str | Path) -> list[Path]:
     return copied
 
 
+#: What the study's server apps build beyond NVFlare's default allow-list: plgg_fl's controller,
+#: aggregator, locator and model; NVFlare's PyTorch persistor (not on NVFlare's default list); the
+#: torch optimisers a FedOpt stage names (``server_opt``).
+SERVER_ALLOW = ["plgg_fl.", "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor", "torch.optim."]
+
+
 def set_server_resources(
     server_kit: str | Path, storage_root: str | Path | None = None, heartbeat_timeout: float | None = None
 ) -> Path:
-    """Write the server's ``local/resources.json``: job store and snapshots under ``storage_root``,
+    """Write the server's ``local/resources.json``: ``plgg_fl`` on its component allow-list (next to
+    NVFlare's defaults: the server builds ``PinnedFedAvg``, ``SiteOrderAggregator`` and
+    ``CheckpointLocator`` from the job config), job store and snapshots under ``storage_root``,
     client heartbeat timeout (seconds); the rest as in the kit's ``resources.json.default``."""
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+
     local = Path(server_kit) / "local"
     res = json.loads((local / "resources.json.default").read_text(encoding="utf-8"))
+    res["class_list_enforcement_mode"] = "enforce"
+    res["class_allow_list"] = [*SERVER_ALLOW, *DEFAULT_CLASS_ALLOW_LIST]
     if storage_root:
         root = Path(storage_root).resolve()
         res["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(root / "snapshot-storage")

@@ -44,6 +44,8 @@ class _PinnedRounds:
 
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
         """FedAvg's send, bounded by ``round_timeout_s`` (FedAvg itself never times a round out)."""
+        if isinstance(self.aggregator, SiteOrderAggregator):
+            self.aggregator.round_num = self.current_round  # named in its error when nobody answers
         return super().send_model(task_name=task_name, data=data, targets=targets, min_responses=min_responses,
                                   timeout=timeout or self.round_timeout_s, callback=callback)
 

@@ -290,9 +290,10 @@ class EvaluateRecipe(_PackageScript, Recipe):
         name: str = "plgg_evaluate",
         timeout_s: int = 6000,
     ):
-        bad = {n: p for n, p in (models or {}).items() if not Path(p).is_absolute()}
+        bad = {n: p for n, p in (models or {}).items() if not Path(p).is_absolute() and Path(p).name != p}
         if bad:
-            raise ValueError(f"model checkpoints must be absolute paths on the server, got {bad}")
+            raise ValueError(f"model checkpoints must be absolute paths on the server or bare file names shipped "
+                             f"in the job's server app, got {bad}")
         job = BaseFedJob(name=name, min_clients=len(sites))
         locator_id = job.to_server(CheckpointLocator(models=dict(models or {})), id="locator")
         job.to_server(
