@@ -175,3 +175,30 @@ def test_each_file_is_read_once_per_call(bad_site, monkeypatch):
     assert len(calls) == len(set(calls))
     shared = (m.root / "images" / "shared.nii.gz").resolve()
     assert calls.count((shared, "image")) == 1  # used by two cases, read once
+
+
+def test_usable_cases_counts_what_it_leaves_out_by_reason_without_case_keys(bad_site):
+    m = load_manifest(bad_site)
+    excluded: dict[str, int] = {}
+    kept = usable_cases(m, "train", excluded=excluded)
+    report = check_manifest(m, splits=["train"], progress=False)
+    left_out = [c for c in m.split("train") if c.key in {p.case for p in report.errors}]  # entries (a key may repeat)
+    assert excluded["cases"] == len(m.split("train")) - len(kept) == len(left_out)
+    for code, n in excluded.items():
+        if code != "cases":
+            assert n == sum(c.key in {p.case for p in report.errors if p.code == code} for c in left_out), code
+    assert set(excluded) == {"cases"} | {p.code for p in report.errors}  # counts by reason only, never a case key
+
+
+def test_a_site_whose_every_training_case_is_bad_fails_naming_the_counts(bad_site):
+    import dataclasses
+
+    from plgg_fl.fl.client import site_cases
+
+    m = load_manifest(bad_site)
+    bad = {p.case for p in check_manifest(m, splits=["train"], progress=False).errors}
+    only_bad = dataclasses.replace(m, cases=[c for c in m.cases if c.key in bad])
+    metrics: dict[str, float] = {}
+    with pytest.raises(RuntimeError, match=rf"no usable train case: {len(bad)} listed, all left out \(.*corrupt.*\); `plgg-fl data check`"):
+        site_cases(only_bad, "train", metrics, "train/", required=True)
+    assert metrics["train/excluded/cases"] == len(bad)

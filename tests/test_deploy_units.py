@@ -121,11 +121,28 @@ def test_stage_job_embeds_the_initial_model_and_deploys_to_its_sites(tmp_path):
     ckpt = tmp_path / "stage1.pt"
     torch.save({"model": {"w": torch.ones(2)}}, ckpt)
     job = api.prepare_stage_job("plgg_finetune", TINY, tmp_path / "out", ckpt)
-    server_cfg = json.loads((job / "app" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
+    server_cfg = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
     persistor = next(c for c in server_cfg["components"] if c["path"].endswith("PTFileModelPersistor"))
     assert persistor["args"]["source_ckpt_file_full_name"] == api.INITIAL_MODEL_NAME  # relative: no server path
-    assert (job / "app" / "custom" / api.INITIAL_MODEL_NAME).read_bytes() == ckpt.read_bytes()
+    assert (job / "app_server" / "custom" / api.INITIAL_MODEL_NAME).read_bytes() == ckpt.read_bytes()
     meta = json.loads((job / "meta.json").read_text(encoding="utf-8"))
-    assert meta["deploy_map"] == {"app": ["server", "cbtn", "dfci_bch"]}
     tiny = yaml.safe_load(TINY.read_text(encoding="utf-8"))
-    assert meta["deploy_map"]["app"][1:] == tiny["stages"]["finetune"]["sites"]
+    sites = tiny["stages"]["finetune"]["sites"]
+    assert meta["deploy_map"] == {"app_server": ["server"], **{f"app_{s}": [s] for s in sites}}
+    # the evaluation job ships the model it scores the same way: a bare name read from the server app
+    ev = api.prepare_stage_job("plgg_evaluate", TINY, tmp_path / "ev", ckpt)
+    ev_cfg = json.loads((ev / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
+    locator = next(c for c in ev_cfg["components"] if c["path"].endswith("CheckpointLocator"))
+    assert locator["args"]["models"] == {"stepwise": "stepwise.pt"}
+    assert (ev / "app_server" / "custom" / "stepwise.pt").read_bytes() == ckpt.read_bytes()
+
+
+def test_status_says_an_idle_server_is_up_not_stopped():
+    from nvflare.fuel.flare_api.api_spec import JobInfo, ServerInfo, SystemInfo
+
+    from plgg_fl.deploy.cli import server_line
+
+    idle = server_line(SystemInfo(ServerInfo("stopped", 1.7e9), [], []))  # NVFlare's words for "no job running"
+    assert idle.startswith("server: up, idle (no job running), up since ") and "stopped" not in idle
+    busy = server_line(SystemInfo(ServerInfo("started", None), [], [JobInfo("j-1", "app")]))
+    assert busy == "server: up, running job(s) j-1"

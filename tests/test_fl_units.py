@@ -64,7 +64,8 @@ def test_recipes_refuse_relative_server_paths():
     with pytest.raises(ValueError, match="absolute"):
         recipes.finetune_recipe(recipes.StageOptions(preset="tiny"), initial_ckpt="model.pt")
     with pytest.raises(ValueError, match="absolute"):
-        recipes.evaluate_recipe("tiny", models={"m": "model.pt"})
+        recipes.evaluate_recipe("tiny", models={"m": "models/model.pt"})
+    recipes.evaluate_recipe("tiny", models={"m": "model.pt"})  # a bare name: shipped in the job's server app
 
 
 def test_committed_jobs_match_a_fresh_export(tmp_path):

@@ -322,10 +322,13 @@ def _cross_case(manifest: Manifest, add) -> None:
                 add(Problem(c.key, c.split, f, "duplicate_image", f"same image file as case(s) {others}", WARNING))
 
 
-def usable_cases(manifest: Manifest, split: str, report: CheckReport | None = None, **check_kwargs) -> list[Case]:
+def usable_cases(manifest: Manifest, split: str, report: CheckReport | None = None, excluded: dict[str, int] | None = None,
+                 **check_kwargs) -> list[Case]:
     """The cases of ``split`` with no error, in manifest order; each left-out case is logged with its reasons.
 
     Without ``report`` the split is checked now (``check_kwargs`` go to :func:`check_manifest`).
+    ``excluded``, when given, receives counts only (no case keys): ``cases`` = cases left out, and per
+    problem code (``unreadable_image``, ``shape_mismatch``, ...) the number of left-out cases with it.
     """
     cases = manifest.split(split)
     if report is None:
@@ -334,12 +337,18 @@ def usable_cases(manifest: Manifest, split: str, report: CheckReport | None = No
     elif split not in report.splits:
         raise ValueError(f"the report did not read split {split!r} (read: {', '.join(report.splits)})")
     reasons: dict[str, list[str]] = defaultdict(list)
+    codes: dict[str, set[str]] = defaultdict(set)
     for p in report.errors:
         reasons[p.case].append(f"{p.file}: {p.message}")
+        codes[p.case].add(p.code)
     kept = []
     for c in cases:
         if c.key in reasons:
             log.warning("leaving out %s case %s: %s", split, c.key, "; ".join(reasons[c.key]))
+            if excluded is not None:
+                excluded["cases"] = excluded.get("cases", 0) + 1
+                for code in sorted(codes[c.key]):
+                    excluded[code] = excluded.get(code, 0) + 1
         else:
             kept.append(c)
     if len(kept) < len(cases):

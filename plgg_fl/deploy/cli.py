@@ -134,13 +134,25 @@ def run_status(args) -> int:
                     print(f"{k}: {meta[k]}")
             return 0
         info = session.get_system_info()
-        print(f"server: {info.server_info}")
+        print(server_line(info))
         print("sites connected: " + (", ".join(sorted(c.name for c in info.client_info)) or "none"))
         for j in session.list_jobs():
             print(f"{j['job_id']}  {j['job_name']:16s} {j['status']:24s} {j.get('submit_time', '')}")
         return 0
     finally:
         session.close()
+
+
+def server_line(info) -> str:
+    """The server's state in words. NVFlare's own "status: stopped" means "no job running" (the
+    server answered, so it is up); it is shown as ``idle`` and a running job's ids are named."""
+    import time as _time
+
+    si = info.server_info
+    since = "" if si.start_time is None else f", up since {_time.strftime('%Y-%m-%d %H:%M:%S', _time.localtime(si.start_time))}"
+    jobs = [j.job_id for j in info.job_info]
+    state = f"running job(s) {', '.join(jobs)}" if jobs else "idle (no job running)"
+    return f"server: up, {state}{since}"
 
 
 def run_download(args) -> int:

@@ -61,6 +61,23 @@ def scalar_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, required: bool):
+    """``split``'s usable cases; the counts of left-out cases and their reasons go into ``metrics``
+    (``<prefix>excluded/cases``, ``<prefix>excluded/<problem code>``: numbers only, never case keys).
+    ``required`` and none usable: an error naming the counts (it reaches the lead as the site's failure)."""
+    excluded: dict[str, int] = {}
+    cases = usable_cases(manifest, split, excluded=excluded)
+    for code, n in excluded.items():
+        metrics[f"{prefix}excluded/{code}"] = float(n)
+    if required and not cases:
+        total = len(manifest.split(split))
+        why = ", ".join(f"{n} {code}" for code, n in sorted(excluded.items()) if code != "cases")
+        raise RuntimeError(f"{manifest.site}: no usable {split} case: {total} listed"
+                           + (f", all left out ({why}); `plgg-fl data check` at the site lists each problem" if total else
+                              "; the manifest's split is empty"))
+    return cases
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -89,14 +106,15 @@ def main(argv=None) -> None:
             model.load_state_dict(state, strict=set(state) == set(all_keys))
         if flare.is_train():
             metrics = {}
-            val_cases = usable_cases(manifest, args.val_split)
+            val_cases = site_cases(manifest, args.val_split, metrics, f"{args.val_split}/", required=False)
             val_dice = float(validate(model, val_cases, cfg)["val_dice"]) if val_cases else math.nan
             if math.isfinite(val_dice):  # the mean only; per-case values stay here
                 metrics["val_dice"] = val_dice
-            if trainer is None:
-                trainer = ProxTrainer(
-                    model, cfg, usable_cases(manifest, "train"), freeze_encoder=args.stage == "decoder", progress=False
-                )
+            if trainer is None:  # the training split is checked once per job; its counts go with every round
+                train_excluded: dict[str, float] = {}
+                train_cases = site_cases(manifest, "train", train_excluded, "train/", required=True)
+                trainer = ProxTrainer(model, cfg, train_cases, freeze_encoder=args.stage == "decoder", progress=False)
+            metrics.update(train_excluded)
             trainer.set_global((received.meta or {}).get(AlgorithmConstants.FEDPROX_MU, 0.0))
             before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in send_keys}
             out = trainer.train_steps(args.local_steps, progress=False)
@@ -125,9 +143,7 @@ def main(argv=None) -> None:
             (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}), encoding="utf-8")
             print(f"[{site}] evaluation: scoring model '{name}' on {args.eval_splits}")
             for split in [s for s in args.eval_splits.split(",") if s]:
-                cases = usable_cases(manifest, split)
-                if not cases:
-                    continue
+                cases = site_cases(manifest, split, metrics, f"{split}/", required=True)
                 out_dir = model_dir / split
                 from plgg_fl.engine import evaluate_cases
 
