@@ -91,13 +91,20 @@ def _filtered(dxo: DXO, **kw) -> DXO:
     return from_shareable(ModelAndScalarsOnly(**kw).process(dxo.to_shareable(), FLContext()))
 
 
+def _tiny_params(n: int = 2) -> dict:
+    from plgg_fl.engine import PlggUNet
+
+    return {k: v.numpy() for k, v in list(PlggUNet(preset="tiny").state_dict().items())[:n]}
+
+
 def test_filter_lets_model_tensors_and_scalar_metrics_through_only():
+    params = _tiny_params()
     dxo = DXO(DataKind.WEIGHTS,
-              data={"w": np.ones((2, 3), np.float32), "b": torch.zeros(3), "case_key": "CBTN-0001", "l": [1, 2]},
+              data={**params, "case_key": "CBTN-0001", "l": [1, 2]},
               meta={"initial_metrics": {"val_dice": 0.5, "where": "/data/x.nii.gz"},
                     "NUM_STEPS_CURRENT_ROUND": 2, "manifest": "/data/manifest.yaml", "current_round": 1})
     out = _filtered(dxo)
-    assert set(out.data) == {"w", "b"}
+    assert set(out.data) == set(params)
     assert out.meta == {"initial_metrics": {"val_dice": 0.5}, "NUM_STEPS_CURRENT_ROUND": 2, "current_round": 1}
 
     metrics = DXO(DataKind.METRICS, data={"dice": 0.8, "per_rater": {"r1": 0.7, "case": "X"}, "nan": float("nan"),
@@ -106,6 +113,17 @@ def test_filter_lets_model_tensors_and_scalar_metrics_through_only():
 
     other = _filtered(DXO(DataKind.COLLECTION, data={"x": np.zeros(3)}))
     assert other.data_kind == DataKind.METRICS and other.data == {}
+
+
+def test_a_scan_sent_as_an_extra_tensor_or_under_a_parameter_name_does_not_leave():
+    params = _tiny_params(3)
+    name, first = next(iter(params.items()))
+    scan = np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32)  # a subsampled image
+    out = _filtered(DXO(DataKind.WEIGHT_DIFF, data={**params, "extra": scan}))
+    assert set(out.data) == set(params)  # the extra tensor is dropped, the model's own pass
+    smuggled = {**params, name: scan.ravel()[: first.size + 7]}  # a parameter's name, another shape
+    out = _filtered(DXO(DataKind.WEIGHTS, data=smuggled))
+    assert name not in out.data and set(out.data) == set(params) - {name}
 
 
 def test_filter_can_restrict_tensors_to_the_model_keys():

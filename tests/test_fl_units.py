@@ -96,3 +96,12 @@ def test_committed_jobs_deploy_only_to_the_sites_that_take_part():
         targets = sorted(t for ts in meta["deploy_map"].values() for t in ts)
         assert targets == sorted(["server", *sites]) and "@ALL" not in json.dumps(meta), (job, meta)
         assert meta["min_clients"] == len(sites), (job, meta)
+
+
+def test_send_per_case_is_refused_when_true_since_per_case_rows_never_leave(tmp_path):
+    cfg = tmp_path / "site_config.yaml"
+    cfg.write_text("manifest: m.yaml\nsend_per_case: true\n", encoding="utf-8")
+    with pytest.raises(SiteConfigError, match="per-case results never leave a site"):
+        resolve_site_config("cbtn", tmp_path)
+    cfg.write_text("manifest: m.yaml\nsend_per_case: false\n", encoding="utf-8")
+    assert resolve_site_config("cbtn", tmp_path).manifest == tmp_path / "m.yaml"

@@ -3,8 +3,11 @@
 :class:`ModelAndScalarsOnly` runs on the client after the job's own filters, as the last thing before
 a task result leaves the site, and lets through only
 
-* model tensors (numeric numpy arrays / torch tensors) in a ``WEIGHTS`` / ``WEIGHT_DIFF`` result,
-  optionally only those whose name is a key of the site's model (``allowed_keys_from``);
+* model tensors (numeric numpy arrays / torch tensors) in a ``WEIGHTS`` / ``WEIGHT_DIFF`` result
+  whose name *and shape* are those of a parameter or buffer of the study's model: by default any
+  :class:`plgg_fl.engine.PlggUNet` preset, or the model(s) named by ``allowed_keys_from``. A scan, a
+  mask or anything else sent as an extra tensor, or under a parameter's name with another shape, is
+  dropped;
 * finite scalar numbers (or dicts of them, e.g. per-rater metrics) in a ``METRICS`` result;
 * in the DXO meta: numbers, dicts of numbers, and NVFlare's own bookkeeping keys.
 
@@ -63,27 +66,48 @@ def scalars_only(d: dict, dropped: list, prefix: str = "") -> dict:
     return out
 
 
+def model_signature(models: list[dict]) -> set[tuple[str, tuple[int, ...]]]:
+    """``{(state-dict key, shape)}`` over ``models`` (``{"path": "pkg.Class", "args": {...}}`` each),
+    built on PyTorch's meta device (shapes only, no memory for weights)."""
+    import importlib
+
+    import torch
+
+    out: set[tuple[str, tuple[int, ...]]] = set()
+    with torch.device("meta"):
+        for spec in models:
+            mod, cls = spec["path"].rsplit(".", 1)
+            model = getattr(importlib.import_module(mod), cls)(**spec.get("args", {}))
+            out |= {(k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    return out
+
+
+def study_models() -> list[dict]:
+    """Every :class:`plgg_fl.engine.PlggUNet` preset: the models the study's jobs may train."""
+    from plgg_fl.engine.networks import PRESETS
+
+    return [{"path": "plgg_fl.engine.PlggUNet", "args": {"preset": p}} for p in PRESETS]
+
+
 class ModelAndScalarsOnly(Filter):
     """Site policy filter: only model tensors and scalar metrics leave the site.
 
     Args:
-        allowed_keys_from: optional ``{"path": "pkg.Class", "args": {...}}`` of the model; when given,
-            only tensors named like its ``state_dict()`` keys may leave (others are dropped).
+        allowed_keys_from: the model(s) whose parameters may leave, ``{"path": "pkg.Class", "args": {...}}``
+            or a list of them (default: every PlggUNet preset). A tensor passes only if its name and
+            shape are those of one of their ``state_dict()`` entries.
     """
 
-    def __init__(self, allowed_keys_from: dict | None = None):
+    def __init__(self, allowed_keys_from: dict | list | None = None):
         super().__init__()
         self.allowed_keys_from = allowed_keys_from
         self._allowed = None
         self._announced = False
 
-    def _allowed_keys(self):
-        if self.allowed_keys_from and self._allowed is None:
-            import importlib
-
-            mod, cls = self.allowed_keys_from["path"].rsplit(".", 1)
-            model = getattr(importlib.import_module(mod), cls)(**self.allowed_keys_from.get("args", {}))
-            self._allowed = set(model.state_dict())
+    def _allowed_keys(self) -> set[tuple[str, tuple[int, ...]]]:
+        if self._allowed is None:
+            spec = self.allowed_keys_from
+            self._allowed = model_signature(study_models() if spec is None else [spec] if isinstance(spec, dict) else list(spec))
         return self._allowed
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -99,10 +123,10 @@ class ModelAndScalarsOnly(Filter):
             allowed = self._allowed_keys()
             data = {}
             for k, v in (dxo.data or {}).items():
-                if is_tensor(v) and (allowed is None or k in allowed):
+                if is_tensor(v) and (k, tuple(v.shape)) in allowed:
                     data[k] = v
                 else:
-                    dropped.append(f"data.{k}")
+                    dropped.append(f"data.{k}" + (f" (shape {tuple(v.shape)})" if is_tensor(v) else ""))
             dxo.data = data
         elif dxo.data_kind == DataKind.METRICS:
             dxo.data = scalars_only(dxo.data or {}, dropped, "data.")

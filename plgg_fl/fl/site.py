@@ -13,7 +13,9 @@ Site config YAML (template in ``sites/<site>/site_config.yaml``)::
 
     manifest: /data/plgg/manifest.yaml   # relative paths: relative to this file
     device: cpu                          # optional: cpu | cuda | cuda:0 ...; default auto
-    send_per_case: false                 # optional: never true unless the site's policy allows it
+
+Per-case results never leave a site (there is no switch for it; an old ``send_per_case: false`` is
+accepted and ignored, ``true`` is refused).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import yaml
 ENV_MANIFEST_PREFIX = "PLGG_FL_MANIFEST_"
 ENV_SITE_CONFIG = "PLGG_FL_SITE_CONFIG"
 SITE_CONFIG_NAMES = ("local/site_config.yaml", "site_config.yaml")
-_KEYS = {"manifest", "device", "send_per_case"}
+_KEYS = {"manifest", "device", "send_per_case"}  # send_per_case: accepted only as false (see above)
 
 
 class SiteConfigError(RuntimeError):
@@ -40,7 +42,6 @@ class SiteConfig:
     site: str
     manifest: Path
     device: str | None = None
-    send_per_case: bool = False
     source: str = ""  # where the config came from (env var name or file), for logs
 
 
@@ -59,13 +60,10 @@ def _from_yaml(site: str, path: Path) -> SiteConfig:
     manifest = Path(os.path.expanduser(str(data["manifest"])))
     if not manifest.is_absolute():
         manifest = (path.parent / manifest).resolve()
-    return SiteConfig(
-        site=site,
-        manifest=manifest,
-        device=data.get("device"),
-        send_per_case=bool(data.get("send_per_case", False)),
-        source=str(path),
-    )
+    if data.get("send_per_case"):
+        raise SiteConfigError(f"{path}: send_per_case: per-case results never leave a site (the switch was never "
+                              "read and is gone); remove the line")
+    return SiteConfig(site=site, manifest=manifest, device=data.get("device"), source=str(path))
 
 
 def resolve_site_config(site: str, workspace: str | Path | None = None) -> SiteConfig:
