@@ -105,3 +105,29 @@ def test_send_per_case_is_refused_when_true_since_per_case_rows_never_leave(tmp_
         resolve_site_config("cbtn", tmp_path)
     cfg.write_text("manifest: m.yaml\nsend_per_case: false\n", encoding="utf-8")
     assert resolve_site_config("cbtn", tmp_path).manifest == tmp_path / "m.yaml"
+
+
+def test_summaries_of_fewer_than_the_site_minimum_leave_as_counts_only(monkeypatch):
+    from plgg_fl.engine.evaluate import summarise
+    from plgg_fl.fl.client import MIN_SUMMARY_CASES, min_summary_cases
+
+    def rows(n):  # n cases, two experts: model vs each, and the expert pair
+        out = []
+        for i in range(n):
+            for a, b in (("model", "e1"), ("model", "e2"), ("e1", "e2")):
+                out.append({"key": f"k{i}", "comparison": f"{a}_vs_{b}", "a": a, "b": b, "dice": 0.7 + i / 100, "hd95_mm": 2.0,
+                            "hd95_defined": True, "surface_dice": 0.8, "sensitivity": 0.9, "precision": 0.8,
+                            "vol_pred_ml": 7.3 + i, "vol_ref_ml": 7.2 + i, "vol_diff_ml": 0.1})
+        return out
+
+    small = scalar_metrics(summarise(rows(2)), "test/", min_cases=MIN_SUMMARY_CASES)
+    assert small and all(k.endswith(("/n", "/n_undefined", "hd95_undefined", "nsd_tolerance_mm")) for k in small), small
+    assert small["test/groups/model_vs_e1/dice/n"] == 2
+    assert not any(k.rsplit("/", 1)[-1] in ("median", "q1", "q3", "mean", "sd", "p_value", "statistic", "median_difference") for k in small)
+    big = scalar_metrics(summarise(rows(5)), "test/", min_cases=MIN_SUMMARY_CASES)
+    assert big["test/groups/model_vs_e1/dice/median"] == pytest.approx(0.72)
+    monkeypatch.setenv("PLGG_FL_MIN_SUMMARY_CASES", "3")
+    assert min_summary_cases() == 3
+    monkeypatch.setenv("PLGG_FL_MIN_SUMMARY_CASES", "five")
+    with pytest.raises(ValueError, match="whole number"):
+        min_summary_cases()

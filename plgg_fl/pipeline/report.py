@@ -8,30 +8,34 @@ from __future__ import annotations
 import math
 import re
 
-_DICE_MEDIAN = re.compile(r"^(?P<split>[^/]+)/groups/(?P<cmp>[^/]+)/dice/median$")
+_DICE_N = re.compile(r"^(?P<split>[^/]+)/groups/(?P<cmp>[^/]+)/dice/n$")
 
 
 def summary_rows(evaluation: dict, methods: list[str]) -> list[dict]:
-    """One row per (method, site, comparison) with the Dice median, q1, q3 and n."""
+    """One row per (method, site, comparison) with the Dice median, q1, q3 and n. A site that sent
+    counts only (fewer cases than its minimum for a summary, ``plgg_fl.fl.client.MIN_SUMMARY_CASES``)
+    gives a row with n and NaN statistics."""
     rows = []
     for site in sorted(evaluation):
         for method in methods:
             metrics = evaluation[site].get(method, {})
             for key in sorted(metrics):
-                m = _DICE_MEDIAN.match(key)
+                m = _DICE_N.match(key)
                 if not m or not (m["cmp"].startswith("model_vs_") or m["cmp"] == "inter_rater"):
                     continue  # expert-pair rows are summarised by the pooled inter_rater group
-                base = key[: -len("/median")]
+                base = key[: -len("/n")]
                 ref = m["cmp"] if m["split"] == "test" else f"{m['split']}:{m['cmp']}"
                 rows.append({
                     "method": method, "site": site, "reference": ref,
-                    "median": metrics[key], "q1": metrics.get(base + "/q1", math.nan),
-                    "q3": metrics.get(base + "/q3", math.nan), "n": metrics.get(base + "/n"),
+                    "median": metrics.get(base + "/median", math.nan), "q1": metrics.get(base + "/q1", math.nan),
+                    "q3": metrics.get(base + "/q3", math.nan), "n": metrics[key],
                 })
     return rows
 
 
 def _cell(row: dict) -> str:
+    if math.isnan(row["median"]) and row.get("n") is not None:
+        return f"counts only (n={int(row['n'])})"  # the site sends no statistics of so few cases
     return f"{row['median']:.3f} [{row['q1']:.3f}-{row['q3']:.3f}]"
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import traceback
 from pathlib import Path
 
@@ -49,13 +50,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def scalar_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
-    """Flatten a nested summary to ``{"a/b": float}``, keeping finite numbers only (nothing else leaves)."""
+#: Default fewest cases behind a summary that may leave a site with its statistics; below it only the
+#: counts go (with 2 test cases, median, quartiles, mean and sd give each case's value away). A site
+#: sets its own with ``$PLGG_FL_MIN_SUMMARY_CASES``.
+MIN_SUMMARY_CASES = 5
+ENV_MIN_SUMMARY_CASES = "PLGG_FL_MIN_SUMMARY_CASES"
+_COUNTS = ("n", "n_undefined")
+
+
+def min_summary_cases() -> int:
+    """The site's threshold (``$PLGG_FL_MIN_SUMMARY_CASES``, default :data:`MIN_SUMMARY_CASES`)."""
+    raw = os.environ.get(ENV_MIN_SUMMARY_CASES, "")
+    try:
+        return max(1, int(raw)) if raw.strip() else MIN_SUMMARY_CASES
+    except ValueError:
+        raise ValueError(f"${ENV_MIN_SUMMARY_CASES} must be a whole number, got {raw!r}") from None
+
+
+def scalar_metrics(summary: dict, prefix: str = "", min_cases: int = 1) -> dict[str, float]:
+    """Flatten a nested summary to ``{"a/b": float}``, keeping finite numbers only (nothing else leaves).
+    A statistic computed over fewer than ``min_cases`` cases (a dict whose ``n`` is below it) is
+    reduced to its counts (``n``, ``n_undefined``)."""
     out: dict[str, float] = {}
+    n = summary.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n < min_cases:
+        summary = {k: v for k, v in summary.items() if k in _COUNTS}
     for key, value in summary.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(scalar_metrics(value, prefix=f"{name}/"))
+            out.update(scalar_metrics(value, prefix=f"{name}/", min_cases=min_cases))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[name] = float(value)
     return out
@@ -148,7 +171,7 @@ def main(argv=None) -> None:
                 from plgg_fl.engine import evaluate_cases
 
                 _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir, progress=False)
-                metrics.update(scalar_metrics(summary, prefix=f"{split}/"))
+                metrics.update(scalar_metrics(summary, prefix=f"{split}/", min_cases=min_summary_cases()))
             print(f"[{site}] evaluation of model '{name}': {len(metrics)} scalar metrics; per-case rows kept at the site")
             flare.send(FLModel(metrics=metrics))
         elif flare.is_submit_model():
