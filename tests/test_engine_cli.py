@@ -89,3 +89,30 @@ def test_a_checkpoint_has_one_name_and_old_spellings_are_hidden(capsys):
             parser.parse_args([*argv[: 2 if argv[0] == "jobs" else 1], "-h"])
         shown = capsys.readouterr().out
         assert new in shown and old not in shown, shown
+
+
+def test_a_stopped_run_resumes_with_its_optimizer_and_schedule(manifest, tmp_path, capsys):
+    """Train 6 steps in one go, and 3 steps then --resume to 6: the resumed run continues the step
+    count, the LR schedule and the optimizer's moments (patches are sampled afresh, so the weights differ)."""
+    from plgg_fl.engine.checkpoint import read_checkpoint
+
+    common = ["--manifest", str(manifest), "--preset", "tiny", "--val-every", "3", "--device", "cpu", "--no-progress",
+              "--set", "optimizer=adamw", "--set", "lr=0.003"]
+    assert main(["train", *common, "--out", str(tmp_path / "whole"), "--steps", "6"]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "split"), "--steps", "3"]) == 0
+    first = read_checkpoint(tmp_path / "split" / "model.pt")["training_state"]
+    assert first["step"] == 3 and first["optimizer"]["state"]  # Adam moments saved with the weights
+    assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "split"), "--resume", "--steps", "6",
+                 "--device", "cpu", "--no-progress", "--val-every", "3"]) == 0
+    whole = read_checkpoint(tmp_path / "whole" / "model.pt")["training_state"]
+    resumed = read_checkpoint(tmp_path / "split" / "model.pt")["training_state"]
+    assert resumed["step"] == whole["step"] == 6
+    assert resumed["scheduler"]["last_epoch"] == whole["scheduler"]["last_epoch"]
+    assert resumed["scheduler"]["_last_lr"] == pytest.approx(whole["scheduler"]["_last_lr"])
+    # Adam's per-parameter step counter went on from 3, not from 0
+    assert all(float(s["step"]) == 6 for s in resumed["optimizer"]["state"].values())
+    log = [json.loads(x) for x in (tmp_path / "split" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["total_steps"] for r in log] == [3, 6]
+    capsys.readouterr()
+    assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
+    assert "no model.pt to continue from" in capsys.readouterr().err

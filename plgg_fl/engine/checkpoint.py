@@ -10,6 +10,8 @@ A checkpoint (``torch.save`` of plain data; loads with ``weights_only=True``) ho
     preprocessing: transforms.preprocessing_settings(cfg)
     step: int                                    # optimizer steps taken
     meta: dict                                   # free-form (stage, site, round, ...)
+    training_state: dict                         # optional: optimizer, LR schedule, AMP scaler, step
+                                                 # (Trainer.training_state; what `plgg-fl train --resume` needs)
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from plgg_fl.engine.transforms import preprocessing_settings
 FORMAT = "plgg-fl-engine/1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, step: int = 0, meta: dict | None = None) -> Path:
-    """Write ``model``'s weights with everything needed to rebuild and run it. Atomic (tmp + rename)."""
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, step: int = 0, meta: dict | None = None,
+                    training_state: dict | None = None) -> Path:
+    """Write ``model``'s weights with everything needed to rebuild and run it (and, with
+    ``training_state``, to resume training). Atomic (tmp + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -41,6 +45,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, step: 
         "step": int(step),
         "meta": dict(meta or {}),
     }
+    if training_state is not None:
+        payload["training_state"] = training_state
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                    help="network preset (default small; with --init the checkpoint's)")
     t.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     t.add_argument("--init", type=Path, metavar="CKPT", help="start from this checkpoint (its network and preprocessing)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its DIR/model.pt (weights, optimizer, LR schedule, step) up to "
+                        "its max_steps, or --steps when given; its config.json settings are kept")
     t.add_argument("--freeze-encoder", action="store_true", help="stage 3: train the decoder only")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: TrainConfig.max_steps)")
     t.add_argument("--val-every", type=int, default=250, metavar="N", help="validate and log every N steps (default 250)")
@@ -115,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, save_checkpoint
+    from plgg_fl.engine.checkpoint import read_checkpoint
     from plgg_fl.engine.networks import count_parameters
 
     manifest = _manifest(args.manifest)
@@ -125,7 +129,24 @@ def _train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["max_steps"] = args.steps
     torch.manual_seed(args.seed)
-    if args.init:
+    resume = None
+    if args.resume:
+        if args.init:
+            raise CommandError("--resume continues the run in --out; give it without --init")
+        last = Path(args.out) / "model.pt"
+        if not last.is_file():
+            raise CommandError("--resume: no model.pt to continue from (has this run saved a checkpoint yet?)", last)
+        model, cfg, last_meta = _checkpoint(last)
+        args.freeze_encoder = bool(last_meta.get("freeze_encoder"))  # the optimizer holds that run's trainable set
+        args.init = last_meta.get("init")
+        resume = read_checkpoint(last).get("training_state")
+        if not resume:
+            raise CommandError("--resume: model.pt holds no training state (written before resuming existed)", last)
+        if args.steps is not None:
+            cfg = cfg.replace(max_steps=args.steps)
+        cfg = cfg.replace(device=args.device)
+        log.info("resuming %s at step %d of %d", last, resume["step"], cfg.max_steps)
+    elif args.init:
         model, init_cfg, meta = _checkpoint(args.init)
         if args.preset and args.preset != init_cfg.preset:
             log.warning("--preset %s ignored: the network comes from %s (%s)", args.preset, args.init, init_cfg.preset)
@@ -145,19 +166,23 @@ def _train(args: argparse.Namespace) -> int:
     trainer = Trainer(model, cfg, train_cases, freeze_encoder=args.freeze_encoder, progress=not args.no_progress)
     best = {"val_dice": -1.0}
     meta = {"site": manifest.site, "freeze_encoder": args.freeze_encoder, "init": str(args.init) if args.init else None}
+    if resume:
+        trainer.restore_training_state(resume)
+        if (out / "best.pt").is_file():  # keep the earlier best unless this run beats it
+            best["val_dice"] = float(read_checkpoint(out / "best.pt")["meta"].get("val_dice", -1.0))
     t0 = time.time()
 
     def on_epoch(rec: dict) -> None:
         rec = {**rec, "elapsed_s": round(time.time() - t0, 1)}
         with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
-        save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta)
+        save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta, training_state=trainer.training_state())
         if rec.get("val_dice", -1.0) > best["val_dice"]:
             best.update(rec)
             save_checkpoint(out / "best.pt", trainer.model, cfg, step=trainer.step, meta={**meta, "val_dice": rec["val_dice"]})
 
     trainer.fit(cfg.max_steps, val_cases=val_cases, val_every=args.val_every, on_epoch=on_epoch)
-    save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta)
+    save_checkpoint(out / "model.pt", trainer.model, cfg, step=trainer.step, meta=meta, training_state=trainer.training_state())
     msg = f"trained {trainer.step} steps in {time.time() - t0:.0f} s -> {out / 'model.pt'}"
     if best["val_dice"] >= 0:
         msg += f"; best val Dice {best['val_dice']:.4f} at step {best['total_steps']} -> {out / 'best.pt'}"

@@ -147,6 +147,26 @@ class Trainer:
             self._batches = self._forever()  # a new epoch: workers (if any) see the new chain
         return next(self._batches)
 
+    def training_state(self) -> dict[str, Any]:
+        """What resuming needs beyond the weights: optimizer (momentum / Adam moments), LR schedule
+        position, AMP scaler and the step count (plain data; :func:`save_checkpoint` stores it)."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def restore_training_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` (the model must already hold the saved weights). The
+        patch sampling restarts from the seed, so a resumed run sees other patches than an
+        uninterrupted one would; optimizer and schedule continue exactly."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        if self._augment_from is not None and self.step >= self._augment_from:
+            self.transform = self._chain(self.cfg.augment)  # past the switch-on step: augmentation is on
+            self.dataset.transform = self.transform
+            self._batches = self._forever()
+
     def load_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Copy ``state_dict`` into the model in place (optimizer state and freeze are kept)."""
         self.model.load_state_dict(state_dict, strict=strict)
