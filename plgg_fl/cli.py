@@ -58,9 +58,17 @@ def _run(args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(error_line(command_name(args), exc), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from plgg_fl.errors import interrupt_exit_code
+
         print(f"plgg-fl {command_name(args)}: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
+
+
+def _on_sigterm(signum, frame) -> None:
+    from plgg_fl.errors import Terminated
+
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)  # clean up as on Ctrl-C (long runs stop their processes)
     return _run(args)
 
 

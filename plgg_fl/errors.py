@@ -44,3 +44,20 @@ def about_file(exc: object, file: object, error: type = CommandError) -> Command
     """``exc``'s message as ``<what> (<file>)``: a leading ``<file>: `` is moved to the end."""
     what, prefix = str(exc), f"{file}: "
     return error(what[len(prefix):] if what.startswith(prefix) else what, file)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler or service manager stopping the command), raised in the main
+    thread like Ctrl-C so the same clean-up runs; the command exits 143 (128 + 15) instead of 130."""
+
+    signal_name = "SIGTERM"
+    exit_code = 143
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C (SIGINT), 143 for :class:`Terminated`."""
+    return getattr(exc, "exit_code", 130)
+
+
+def interrupt_name(exc: BaseException) -> str:
+    return getattr(exc, "signal_name", "Ctrl-C (SIGINT)")

@@ -1,4 +1,4 @@
-"""Ctrl-C during a real tiny ``plgg-fl simulate`` run (real NVFlare simulator, about a minute on 2 cores).
+"""Ctrl-C or SIGTERM during a real tiny ``plgg-fl simulate`` run (real NVFlare simulator, about a minute on 2 cores).
 
 A terminal's Ctrl-C sends SIGINT to the foreground process group; the test starts the CLI in a session
 of its own and signals that group the same way once a site has started training. Every process of the
@@ -8,6 +8,7 @@ terminal's signal), the CLI prints one line and exits 130.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -101,7 +102,10 @@ def _long_tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_ctrl_c_stops_every_process_of_the_run_prints_one_line_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_process_of_the_run_prints_one_line(tmp_path, sig, code):
+    """SIGINT goes to the whole process group (a terminal's Ctrl-C); SIGTERM to the command's process
+    alone (``kill PID``, a scheduler): either way nothing of the run is left, exit 130 / 143."""
     folder = str(tmp_path.resolve())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     config = _long_tiny_config(tmp_path)  # cohort: runs/cohorts/tiny under the current folder, tmp_path
@@ -120,7 +124,10 @@ def test_ctrl_c_stops_every_process_of_the_run_prints_one_line_exits_130(tmp_pat
         assert _wait_for(proc, lines, seen, _SITE_LINE, timeout_s=400), "no site started training:\n" + "".join(seen)
         time.sleep(1.0)  # what was printed before the signal (cohort synthesis progress) is not counted
         _drain(errs)
-        os.killpg(proc.pid, signal.SIGINT)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         rc = proc.wait(timeout=90)
         err_reader.join(10)
         stderr = "".join(_drain(errs))  # printed after the signal
@@ -132,7 +139,9 @@ def test_ctrl_c_stops_every_process_of_the_run_prints_one_line_exits_130(tmp_pat
             time.sleep(0.5)
         described = [f"{p.pid} {' '.join(p.cmdline())[:160]}" for p in survivors if p.is_running()]
         assert not described, "processes of the interrupted run still running:\n" + "\n".join(described)
-        assert rc == 130, f"exit code {rc}; stderr:\n{stderr}"
+        assert rc == code, f"exit code {rc}; stderr:\n{stderr}"
+        status = json.loads((tmp_path / "runs" / "interrupted" / "status.json").read_text(encoding="utf-8"))
+        assert status["state"] == "interrupted" and ("SIGTERM" if sig == signal.SIGTERM else "SIGINT") in status["reason"]
         err_lines = [ln for ln in stderr.splitlines() if ln.strip()]
         assert "Traceback" not in stderr, stderr
         assert len(err_lines) == 1 and "interrupted" in err_lines[0], stderr

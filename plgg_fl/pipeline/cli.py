@@ -103,11 +103,13 @@ def run_simulate(args: argparse.Namespace) -> int:
                     printer=lambda s: print(s, flush=True))
     try:
         pipe.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (plgg_fl.errors.Terminated)
+        from plgg_fl.errors import interrupt_exit_code
+
         stop_children()
         print(f"plgg-fl {args.command}: interrupted; every process of the run stopped; "
               f"partial results in {pipe.out} (not reportable)", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     except StageFailed as exc:  # the first line says what failed, the site's error lines follow
         first, _, rest = str(exc).partition("\n")
         print("\n" + error_line(args.command, f"{first} ({pipe.out})") + ("\n" + rest if rest else ""), file=sys.stderr)

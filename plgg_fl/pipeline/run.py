@@ -170,8 +170,10 @@ class Pipeline:
         write_status(self.out, "running")
         try:
             metrics = self._run()
-        except KeyboardInterrupt:
-            write_status(self.out, "interrupted", "stopped by Ctrl-C (SIGINT)")
+        except KeyboardInterrupt as exc:
+            from plgg_fl.errors import interrupt_name
+
+            write_status(self.out, "interrupted", f"stopped by {interrupt_name(exc)}")
             raise
         except BaseException as exc:
             write_status(self.out, "failed", (str(exc).splitlines() or [type(exc).__name__])[0])

@@ -72,11 +72,13 @@ def run_study(args: argparse.Namespace) -> int:
         return 0
     try:
         study.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (plgg_fl.errors.Terminated)
+        from plgg_fl.errors import interrupt_exit_code
+
         stop_children()
         print(f"plgg-fl study: interrupted; every process stopped; finished runs are kept in {study.out} "
               "(rerun to continue)", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     except StageFailed as exc:
         first, _, rest = str(exc).partition("\n")
         print("\n" + error_line("study", f"{first} ({study.out})") + ("\n" + rest if rest else ""), file=sys.stderr)
