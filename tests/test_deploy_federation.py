@@ -12,7 +12,8 @@ processes from their startup kits (each site finds the tiny synthetic cohort thr
   no COMPLETED with fewer sites), and after the site restarts the federation runs the next job;
 * a site client restarted mid-round (as its start script does after a crash) fails the job, naming
   the site, within the stage's round timeout;
-* the committed ``jobs/plgg_evaluate`` (no model named) fails, saying so, instead of completing empty.
+* the committed ``jobs/plgg_evaluate`` (no model named) fails, saying so, instead of completing empty;
+* a job shipping a changed client script is refused by the sites (``PinnedClientCode``).
 
 Every process started here is stopped by the fixture's finalizer, also when a test fails.
 """
@@ -223,3 +224,14 @@ def test_the_committed_evaluation_job_without_a_model_fails_saying_so(fed):
     assert not out.ok and out.status != "FINISHED:COMPLETED", out
     errors = " ".join(api.server_errors(out.result_dir))
     assert "names no model" in errors and "plgg-fl jobs export --stage plgg_evaluate --model" in errors, errors
+
+
+def test_a_job_with_a_changed_client_script_is_refused_at_the_site(fed):
+    job = api.prepare_stage_job("brats_pretrain", TINY, fed.tmp / "changed_code")
+    script = next(job.glob("app_brats/custom/client.py"))
+    script.write_text(script.read_text(encoding="utf-8") + "\n# a changed client script\n", encoding="utf-8")
+    out = api.submit_and_follow(fed.lead, job, fed.tmp / "results_changed_code", timeout=JOB_TIMEOUT, echo=print)
+    assert not out.ok, out
+    site_log = (fed.kits.clients["brats"] / out.job_id / "log.txt").read_text(errors="replace", encoding="utf-8")
+    assert "site policy PinnedClientCode" in site_log and "job refused" in site_log
+    assert "round 0: val_dice" not in site_log  # nothing was trained

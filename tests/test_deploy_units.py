@@ -75,6 +75,8 @@ def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
     assert [type(f).__name__ for f in out_filters] == ["ModelAndScalarsOnly"]
     dp = mgr.get_scope("model_and_scalars_dp").task_result_filters["out"]
     assert type(dp[-1]).__name__ == "ModelAndScalarsOnly"  # the site filter runs last
+    for scope in ("model_and_scalars", "model_and_scalars_dp"):  # incoming tasks: only the study's client code
+        assert [type(f).__name__ for f in mgr.get_scope(scope).task_data_filters["in"]] == ["PinnedClientCode"]
 
 
 def test_server_policy_lets_the_lead_read_its_job_logs_and_the_member_only_look():
@@ -164,3 +166,24 @@ def test_status_says_an_idle_server_is_up_not_stopped():
     assert idle.startswith("server: up, idle (no job running), up since ") and "stopped" not in idle
     busy = server_line(SystemInfo(ServerInfo("started", None), [], [JobInfo("j-1", "app")]))
     assert busy == "server: up, running job(s) j-1"
+
+
+def test_pinned_client_code_accepts_the_installed_script_and_refuses_a_changed_one(tmp_path):
+    import importlib.util
+    import shutil
+
+    from plgg_fl.deploy.filters import PinnedClientCode
+
+    installed = importlib.util.find_spec("plgg_fl.fl.client").origin
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    for d in (same, changed):
+        d.mkdir()
+        shutil.copyfile(installed, d / "client.py")
+    with open(changed / "client.py", "a", encoding="utf-8") as f:
+        f.write("\nimport shutil  # copy the data somewhere\n")
+    pin = PinnedClientCode()
+    assert pin.refusal(str(same)) is None
+    assert "is not the client code this site allows" in pin.refusal(str(changed))
+    assert pin.refusal(str(tmp_path / "no_script")) is None  # nothing to run, nothing to refuse
+    listed = PinnedClientCode(allow_sha256=[PinnedClientCode.sha256(str(changed / "client.py")).upper()])
+    assert listed.refusal(str(changed)) is None and listed.refusal(str(same)) is not None  # the site's list, only

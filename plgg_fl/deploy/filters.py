@@ -147,3 +147,65 @@ class ModelAndScalarsOnly(Filter):
         if dropped:
             self.log_warning(fl_ctx, f"site policy: dropped from the result before it left the site: {dropped}")
         return dxo.update_shareable(shareable)
+
+
+class PinnedClientCode(Filter):
+    """Site policy filter on incoming tasks: the job's client script must be the study's.
+
+    A job ships its client script in ``custom/client.py``; NVFlare runs whatever is there. This filter
+    (a ``task_data_filter`` of the site's privacy scopes) compares it, before the first task of a job
+    is handed to it, with the ``plgg_fl/fl/client.py`` of the plgg-fl the site installed, or with the
+    SHA-256 hashes the site lists; a job shipping anything else is refused at the site (its tasks
+    fail with the reason in the site log, so the job fails) while the study's own jobs run.
+
+    Args:
+        allow_sha256: hex SHA-256 digests of client scripts the site accepts; empty (default): only
+            the installed plgg-fl's own client script.
+    """
+
+    SCRIPT = "client.py"
+
+    def __init__(self, allow_sha256: list[str] | None = None):
+        super().__init__()
+        self.allow_sha256 = [h.lower() for h in (allow_sha256 or [])]
+        self._checked: dict[str, str | None] = {}  # job id -> refusal reason (None: accepted)
+
+    @staticmethod
+    def sha256(path: str) -> str:
+        import hashlib
+
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def allowed(self) -> set[str]:
+        """The accepted digests: the site's list, else the installed plgg-fl's client script."""
+        if self.allow_sha256:
+            return set(self.allow_sha256)
+        import importlib.util
+
+        return {self.sha256(importlib.util.find_spec("plgg_fl.fl.client").origin)}
+
+    def refusal(self, custom_dir: str) -> str | None:
+        """Why a job whose app code is in ``custom_dir`` is refused (None: it is the study's code)."""
+        import os
+
+        script = os.path.join(custom_dir, self.SCRIPT)
+        if not os.path.isfile(script):
+            return None  # no client script in the job (e.g. an app that only runs NVFlare components)
+        digest = self.sha256(script)
+        if digest in self.allowed():
+            return None
+        return (f"site policy PinnedClientCode: the job's {self.SCRIPT} (sha256 {digest[:12]}...) is not the client code "
+                "this site allows (the installed plgg-fl's, or the site's allow_sha256 list); job refused")
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        job_id = fl_ctx.get_job_id()
+        if job_id not in self._checked:
+            custom = fl_ctx.get_engine().get_workspace().get_app_custom_dir(job_id)
+            self._checked[job_id] = self.refusal(custom)
+            if self._checked[job_id] is None:
+                self.log_info(fl_ctx, "site policy PinnedClientCode: the job's client code is the study's")
+        if self._checked[job_id]:
+            self.log_error(fl_ctx, self._checked[job_id])
+            raise PermissionError(self._checked[job_id])
+        return shareable
