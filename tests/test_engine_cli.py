@@ -113,6 +113,10 @@ def test_a_stopped_run_resumes_with_its_optimizer_and_schedule(manifest, tmp_pat
     assert all(float(s["step"]) == 6 for s in resumed["optimizer"]["state"].values())
     log = [json.loads(x) for x in (tmp_path / "split" / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["total_steps"] for r in log] == [3, 6]
+    # resuming a run already at its last step trains nothing and still ends cleanly, keeping best.pt
+    assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "split"), "--resume", "--steps", "6",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert "trained 6 steps" in capsys.readouterr().out
     capsys.readouterr()
     assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
     assert "no model.pt to continue from" in capsys.readouterr().err

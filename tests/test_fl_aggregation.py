@@ -96,3 +96,11 @@ def test_an_evaluation_without_a_readable_model_panics_instead_of_completing_emp
     monkeypatch.setattr(loc, "log_error", lambda fl_ctx, msg: None)
     assert loc.get_model_names(_Ctx()) == []
     assert len(panics) == 1 and says in panics[0]
+
+
+def test_a_controller_whose_aggregator_names_other_sites_is_refused():
+    with pytest.raises(ValueError, match="give both the same sites"):
+        PinnedFedAvg(sites=["cbtn", "dfci_bch"], num_rounds=1, persistor_id="persistor", aggregator=SiteOrderAggregator(["cbtn"]))
+    ok = PinnedFedAvg(sites=["dfci_bch", "cbtn"], num_rounds=1, persistor_id="persistor",
+                      aggregator=SiteOrderAggregator(["cbtn", "dfci_bch"]))  # as an exported job config builds it
+    assert ok.aggregator.sites == ["cbtn", "dfci_bch"]

@@ -124,10 +124,21 @@ def test_summaries_of_fewer_than_the_site_minimum_leave_as_counts_only(monkeypat
     assert small and all(k.endswith(("/n", "/n_undefined", "hd95_undefined", "nsd_tolerance_mm")) for k in small), small
     assert small["test/groups/model_vs_e1/dice/n"] == 2
     assert not any(k.rsplit("/", 1)[-1] in ("median", "q1", "q3", "mean", "sd", "p_value", "statistic", "median_difference") for k in small)
-    big = scalar_metrics(summarise(rows(5)), "test/", min_cases=MIN_SUMMARY_CASES)
-    assert big["test/groups/model_vs_e1/dice/median"] == pytest.approx(0.72)
+    # 5 cases: q1, median, q3 would be the 2nd-4th values and mean and sd then give the other two away
+    mid = scalar_metrics(summarise(rows(5)), "test/", min_cases=MIN_SUMMARY_CASES)
+    assert mid["test/groups/model_vs_e1/dice/median"] == pytest.approx(0.72)
+    assert not any(k.rsplit("/", 1)[-1] in ("q1", "q3", "mean", "sd", "p_value") for k in mid), mid
+    big = scalar_metrics(summarise(rows(10)), "test/", min_cases=MIN_SUMMARY_CASES)
+    assert {"test/groups/model_vs_e1/dice/q1", "test/groups/model_vs_e1/dice/sd"} <= set(big)
     monkeypatch.setenv("PLGG_FL_MIN_SUMMARY_CASES", "3")
     assert min_summary_cases() == 3
     monkeypatch.setenv("PLGG_FL_MIN_SUMMARY_CASES", "five")
     with pytest.raises(ValueError, match="whole number"):
         min_summary_cases()
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "1h"])
+def test_round_timeout_must_be_positive_whole_seconds(bad):
+    with pytest.raises(ValueError, match="round_timeout_s must be a whole number of seconds > 0"):
+        recipes.StageOptions.from_dict({"round_timeout_s": bad})
+    assert recipes.StageOptions.from_dict({"round_timeout_s": 90}).round_timeout_s == 90

@@ -245,3 +245,21 @@ def test_usage_errors_of_other_commands_are_one_line_in_the_common_style(tmp_pat
         assert main(argv) == 2
         out, err = _err_lines(capsys)
         assert len(err) == 1 and err[0].startswith(line), err
+
+
+def test_a_pretrained_model_of_another_preset_is_refused_by_name(tmp_path):
+    import torch
+
+    from plgg_fl.engine import PlggUNet
+    from plgg_fl.pipeline.config import load_config
+    from plgg_fl.pipeline.run import Pipeline
+    from plgg_fl.pipeline.simulate import StageFailed
+
+    ckpt = tmp_path / "small.pt"
+    torch.save({"model": PlggUNet(preset="small").state_dict()}, ckpt)
+    cfg = load_config(REPO / "simulator_configs" / "tiny.yaml")  # preset tiny
+    pipe = Pipeline(cfg, out_root=tmp_path / "runs", printer=lambda s: None)
+    with pytest.raises(StageFailed, match="is not a 'tiny' network"):
+        pipe.use_pretrained(ckpt)
+    torch.save({"model": PlggUNet(preset="tiny").state_dict()}, ckpt)
+    assert pipe.use_pretrained(ckpt).is_file()

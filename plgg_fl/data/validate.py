@@ -328,7 +328,7 @@ def usable_cases(manifest: Manifest, split: str, report: CheckReport | None = No
 
     Without ``report`` the split is checked now (``check_kwargs`` go to :func:`check_manifest`).
     ``excluded``, when given, receives counts only (no case keys): ``cases`` = cases left out, and per
-    problem code (``unreadable_image``, ``shape_mismatch``, ...) the number of left-out cases with it.
+    problem code (``corrupt``, ``unreadable``, ``missing_file``, ...) the number of left-out cases with it.
     """
     cases = manifest.split(split)
     if report is None:

@@ -169,7 +169,8 @@ def _train(args: argparse.Namespace) -> int:
     if resume:
         trainer.restore_training_state(resume)
         if (out / "best.pt").is_file():  # keep the earlier best unless this run beats it
-            best["val_dice"] = float(read_checkpoint(out / "best.pt")["meta"].get("val_dice", -1.0))
+            earlier = read_checkpoint(out / "best.pt")
+            best.update(val_dice=float(earlier["meta"].get("val_dice", -1.0)), total_steps=int(earlier["step"]))
     t0 = time.time()
 
     def on_epoch(rec: dict) -> None:

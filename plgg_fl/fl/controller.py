@@ -39,8 +39,13 @@ class _PinnedRounds:
     def _pin(self, sites: list[str], round_timeout_s: int, kwargs: dict) -> None:
         self.sites = list(sites)
         self.round_timeout_s = int(round_timeout_s)
-        if self.aggregator is None:  # set after __init__ so the exported job config stays plain values
+        # the job config written by NVFlare's export names the aggregator (with its own copy of the
+        # sites); a hand-edited config whose two site lists disagree is refused rather than half-checked
+        if self.aggregator is None:
             self.aggregator = SiteOrderAggregator(self.sites, kwargs.get("aggregation_weights"), kwargs.get("exclude_vars"))
+        elif isinstance(self.aggregator, SiteOrderAggregator) and self.aggregator.sites != sorted(self.sites):
+            raise ValueError(f"the controller pins sites {sorted(self.sites)} but its SiteOrderAggregator expects "
+                             f"{self.aggregator.sites}; give both the same sites")
 
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
         """FedAvg's send, bounded by ``round_timeout_s`` (FedAvg itself never times a round out)."""

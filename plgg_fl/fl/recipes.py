@@ -100,6 +100,8 @@ class StageOptions:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown stage option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        if "round_timeout_s" in data and not (isinstance(data["round_timeout_s"], int) and data["round_timeout_s"] > 0):
+            raise ValueError(f"round_timeout_s must be a whole number of seconds > 0, got {data['round_timeout_s']!r}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ def summary_rows(evaluation: dict, methods: list[str]) -> list[dict]:
 def _cell(row: dict) -> str:
     if math.isnan(row["median"]) and row.get("n") is not None:
         return f"counts only (n={int(row['n'])})"  # the site sends no statistics of so few cases
+    if math.isnan(row["q1"]) and row.get("n") is not None:
+        return f"{row['median']:.3f} (n={int(row['n'])})"  # median only: too few cases for quartiles
     return f"{row['median']:.3f} [{row['q1']:.3f}-{row['q3']:.3f}]"
 
 

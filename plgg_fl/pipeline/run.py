@@ -66,6 +66,7 @@ class Pipeline:
         self.record_dir = self.out / "sends" if record_sends else None
         self.stages: list[dict] = []
         self.models: dict[str, Path] = {}
+        self._pretrained_state = None  # a pretrained model read before --overwrite cleared its folder
         self.t0 = time.perf_counter()
 
     def _log(self, msg: str) -> None:
@@ -104,12 +105,24 @@ class Pipeline:
         from plgg_fl.fl.locator import read_state_dict
 
         src = Path(src).resolve()
-        if not src.is_file():
-            raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
-        try:
-            state = read_state_dict(str(src))
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
+        state = self._pretrained_state if self._pretrained_state is not None else None
+        if state is None:
+            if not src.is_file():
+                raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
+            try:
+                state = read_state_dict(str(src))
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
+        import torch as _torch
+
+        from plgg_fl.engine import PlggUNet
+
+        with _torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in PlggUNet(preset=self.cfg.preset).state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise StageFailed(f"pretrained: {src} is not a '{self.cfg.preset}' network (first differing keys: {bad[:3]})")
         dest = self.out / "checkpoints" / "stage1_brats_pretrain.pt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": state}, dest)
@@ -161,6 +174,15 @@ class Pipeline:
 
     def run(self) -> dict:
         """The whole run; ``status.json`` says running, then done, failed or interrupted."""
+        self._pretrained_state = None
+        if self.overwrite and self.cfg.pretrained and self.out in Path(self.cfg.pretrained).resolve().parents:
+            # the stage-1 model lies in the folder --overwrite clears: read it first
+            from plgg_fl.fl.locator import read_state_dict
+
+            try:
+                self._pretrained_state = read_state_dict(str(Path(self.cfg.pretrained).resolve()))
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise StageFailed(f"pretrained: {self.cfg.pretrained} cannot be read ({exc})") from exc
         if self.overwrite:
             clear_for_overwrite(self.out)
         if self.out.name != self.cfg.name:

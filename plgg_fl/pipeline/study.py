@@ -14,7 +14,9 @@ Config (``simulator_configs/study.yaml``)::
       seeds: [0, 1, 2]               # default: the study's seeds
       subset_seed: 0                 # which cases make up a subset (the same for every training seed)
 
-The cohort is the base config's, identical in every run (never re-synthesized per seed). A curve run
+The cohort is the base config's, identical in every run (never re-synthesized per seed). The seed
+is set in the base's ``train`` block; a stage-level ``train: {seed: ...}`` in the base config would
+override it for that stage (the study's base configs set none). A curve run
 of seed ``s`` starts from the stage-1 model of the main run of seed ``s`` (``pretrained``), so the
 curve isolates stages 2 and 3; the subset manifests are written under ``runs/<name>/cohorts/``.
 
@@ -178,6 +180,8 @@ class Study:
         data["name"] = r.name
         data["train"] = {**(data.get("train") or {}), "seed": r.seed}
         data["methods"] = r.methods
+        # every run reads the base cohort (or a subset of it): never one synthesized per run
+        data["cohort"] = {**(data.get("cohort") or {}), "dir": str(self.base.cohort_dir)}
         if r.kind == "curve":
             c = self.study.curve
             data["cohort"] = {**(data.get("cohort") or {}), "dir": str(self.out / "cohorts" / f"{c.site}_n{r.train_cases:02d}")}
@@ -238,6 +242,10 @@ class Study:
             t = time.perf_counter()
             try:
                 Pipeline(cfg, out_root=self.out, printer=self.printer, overwrite=True).run()
+            except KeyboardInterrupt:
+                rec["state"] = "interrupted"
+                self._save()
+                raise
             except BaseException:
                 rec["state"] = "failed"
                 self._save()

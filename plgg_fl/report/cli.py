@@ -35,6 +35,7 @@ def register(subparsers) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Errors (:class:`plgg_fl.report.collect.ReportError`) go to ``plgg-fl``'s one-line handler: stderr, exit 2."""
+    import sys
     from pathlib import Path
 
     from plgg_fl.pipeline.study import STUDY_FILE
@@ -42,6 +43,9 @@ def run_report(args: argparse.Namespace) -> int:
     if (Path(args.run_dir) / STUDY_FILE).is_file():
         from plgg_fl.report.study import build_study_report
 
+        if args.sites or args.gallery != 3:
+            print("plgg-fl report: a study folder: --sites and --gallery apply to single runs and are ignored "
+                  "(report a run folder inside it for those)", file=sys.stderr)
         build_study_report(args.run_dir, args.out)
         return 0
     from plgg_fl.report.build import build_report

@@ -60,10 +60,6 @@ def _dice(run: Run, site: str, method: str) -> dict[str, float]:
     return tables.model_values(rows, "dice") if rows else {}
 
 
-def _seed_medians(per_seed: list[dict[str, float]]) -> list[float]:
-    return [describe(d.values())["median"] for d in per_seed if d]
-
-
 def _spread(medians: list[float]) -> dict[str, float]:
     ok = [m for m in medians if not math.isnan(m)]
     if not ok:
@@ -72,9 +68,11 @@ def _spread(medians: list[float]) -> dict[str, float]:
 
 
 def _row(site: str, method: str, per_seed: list[dict[str, float]], **extra) -> dict[str, Any]:
+    """``per_seed``: one dict per seed, in seed order (empty where the seed lacks the method: its
+    median is NaN, so per-seed lists stay aligned across methods)."""
     pooled = describe(v for d in per_seed for v in d.values())
-    medians = _seed_medians(per_seed)
-    return {"site": site, "method": method, "n_cases": len(per_seed[0]) if per_seed else 0, "n_seeds": sum(bool(d) for d in per_seed),
+    medians = [describe(d.values())["median"] if d else math.nan for d in per_seed]
+    return {"site": site, "method": method, "n_cases": max((len(d) for d in per_seed), default=0), "n_seeds": sum(bool(d) for d in per_seed),
             "pooled": pooled, "seed_medians": medians, "spread": _spread(medians), **extra}
 
 
@@ -93,12 +91,12 @@ def method_rows(runs: list[Run]) -> list[dict[str, Any]]:
         for m in methods:
             per_seed = [_dice(r, site, m) for r in runs]
             if any(per_seed):
-                out.append(_row(site, m, [d for d in per_seed if d]))
+                out.append(_row(site, m, per_seed))
         multi = tables.multirater_sites(runs[0].per_case, [site])
         if multi:
             rows = next(rows for (s, _), rows in runs[0].per_case.items() if s == site)
-            inter = tables.inter_rater_values(rows, "dice")
-            out.append(_row(site, "inter-expert", [inter], reference=True))
+            inter = tables.inter_rater_values(rows, "dice")  # the same in every seed: one value, repeated
+            out.append({**_row(site, "inter-expert", [inter], reference=True), "seed_medians_all": True})
     return out
 
 
@@ -131,8 +129,8 @@ def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not o:
                 continue
             ratio = r["pooled"]["median"] / o["pooled"]["median"] if o["pooled"]["median"] else math.nan
-            om = o["seed_medians"] if len(o["seed_medians"]) == len(r["seed_medians"]) else o["seed_medians"][:1] * len(r["seed_medians"])
-            seeds = [a / b if b else math.nan for a, b in zip(r["seed_medians"], om)]
+            om = o["seed_medians"] * len(r["seed_medians"]) if o.get("seed_medians_all") else o["seed_medians"]
+            seeds = [a / b if b and not math.isnan(b) else math.nan for a, b in zip(r["seed_medians"], om)]
             out.append({"site": site, "what": what, "numerator": "stepwise", "denominator": other, "ratio": ratio,
                         "seed_ratios": seeds, "target": TARGETS[what], "meets_target": bool(ratio >= TARGETS[what])})
     return out
@@ -146,8 +144,8 @@ def curve_rows(record: dict, runs: dict[str, Run]) -> list[dict[str, Any]]:
         group = [runs[r["name"]] for r in curve if r["train_cases"] == n]
         for site in group[0].sites:
             for m in record["curve"]["methods"]:
-                per_seed = [d for d in (_dice(g, site, m) for g in group) if d]
-                if per_seed:
+                per_seed = [_dice(g, site, m) for g in group]
+                if any(per_seed):
                     out.append(_row(site, m, per_seed, train_cases=n))
     return out
 

@@ -50,9 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-#: Default fewest cases behind a summary that may leave a site with its statistics; below it only the
-#: counts go (with 2 test cases, median, quartiles, mean and sd give each case's value away). A site
-#: sets its own with ``$PLGG_FL_MIN_SUMMARY_CASES``.
+#: Default fewest cases behind a summary that may leave a site with any statistic; below it only the
+#: counts go (with 2 test cases, median, quartiles, mean and sd give each case's value away). From it
+#: up to twice it, the median goes too; the quartiles, mean and sd only from twice it (with 5 cases,
+#: q1, median, q3 are the 2nd-4th values and mean and sd then solve for the other two). A site sets
+#: its own with ``$PLGG_FL_MIN_SUMMARY_CASES``.
 MIN_SUMMARY_CASES = 5
 ENV_MIN_SUMMARY_CASES = "PLGG_FL_MIN_SUMMARY_CASES"
 _COUNTS = ("n", "n_undefined")
@@ -70,11 +72,13 @@ def min_summary_cases() -> int:
 def scalar_metrics(summary: dict, prefix: str = "", min_cases: int = 1) -> dict[str, float]:
     """Flatten a nested summary to ``{"a/b": float}``, keeping finite numbers only (nothing else leaves).
     A statistic computed over fewer than ``min_cases`` cases (a dict whose ``n`` is below it) is
-    reduced to its counts (``n``, ``n_undefined``)."""
+    reduced to its counts (``n``, ``n_undefined``); over fewer than ``2 * min_cases``, to its counts and
+    median."""
     out: dict[str, float] = {}
     n = summary.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n < min_cases:
-        summary = {k: v for k, v in summary.items() if k in _COUNTS}
+    if isinstance(n, int) and not isinstance(n, bool) and n < 2 * min_cases:
+        keep = _COUNTS if n < min_cases else (*_COUNTS, "median")
+        summary = {k: v for k, v in summary.items() if k in keep}
     for key, value in summary.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -92,12 +96,12 @@ def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, req
     cases = usable_cases(manifest, split, excluded=excluded)
     for code, n in excluded.items():
         metrics[f"{prefix}excluded/{code}"] = float(n)
-    if required and not cases:
-        total = len(manifest.split(split))
+    total = len(manifest.split(split))
+    metrics[f"{prefix}listed"] = float(total)
+    if required and not cases and total:
         why = ", ".join(f"{n} {code}" for code, n in sorted(excluded.items()) if code != "cases")
-        raise RuntimeError(f"{manifest.site}: no usable {split} case: {total} listed"
-                           + (f", all left out ({why}); `plgg-fl data check` at the site lists each problem" if total else
-                              "; the manifest's split is empty"))
+        raise RuntimeError(f"{manifest.site}: no usable {split} case: {total} listed, all left out ({why}); "
+                           "`plgg-fl data check` at the site lists each problem")
     return cases
 
 
@@ -136,6 +140,8 @@ def main(argv=None) -> None:
             if trainer is None:  # the training split is checked once per job; its counts go with every round
                 train_excluded: dict[str, float] = {}
                 train_cases = site_cases(manifest, "train", train_excluded, "train/", required=True)
+                if not train_cases:
+                    raise RuntimeError(f"{manifest.site}: the manifest lists no train case; this site cannot train")
                 trainer = ProxTrainer(model, cfg, train_cases, freeze_encoder=args.stage == "decoder", progress=False)
             metrics.update(train_excluded)
             trainer.set_global((received.meta or {}).get(AlgorithmConstants.FEDPROX_MU, 0.0))
@@ -167,6 +173,8 @@ def main(argv=None) -> None:
             print(f"[{site}] evaluation: scoring model '{name}' on {args.eval_splits}")
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = site_cases(manifest, split, metrics, f"{split}/", required=True)
+                if not cases:  # the site has no such split (it lists none): skipped, "<split>/listed" = 0 says so
+                    continue
                 out_dir = model_dir / split
                 from plgg_fl.engine import evaluate_cases
 
