@@ -41,11 +41,12 @@ def _role(site: str, multi: list[str], config: dict) -> str:
     return role + (" - also a training site in this run" if role.startswith("external") and site in trained else "")
 
 
-def _clean(x: Any) -> Any:
+def clean_json(x: Any) -> Any:
+    """``x`` with every NaN float replaced by None (JSON has no NaN), dicts and lists walked."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: clean_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean_json(v) for v in x]
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
@@ -193,6 +194,6 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
               "figures": {k: str(v) for k, v in figs.items()}, "gallery": {"method": best, "items": [vars(i) | {"image": str(i.image) if i.image else None} for i in items]},
               "per_case_csv": {f"{s}/{m}": str(p) for (s, m), p in run.per_case_paths.items()},
               "provenance": {k: v for k, v in prov.items() if k != "config_yaml"}, "markdown": str(md), "html": str(htm), "notes": run.notes}
-    (data / "report.json").write_text(json.dumps(_clean(result), indent=2, default=str), encoding="utf-8")
+    (data / "report.json").write_text(json.dumps(clean_json(result), indent=2, default=str), encoding="utf-8")
     printer(f"report: {htm} (and {md.name}); {len(study)} study rows, {len(multi)} multi-rater table(s), {len(items)} gallery case(s)")
     return result

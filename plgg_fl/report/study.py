@@ -33,6 +33,7 @@ import numpy as np
 from plgg_fl.engine.metrics import describe, paired_wilcoxon
 from plgg_fl.pipeline.study import STUDY_FILE
 from plgg_fl.report import plots, provenance, tables
+from plgg_fl.report.build import clean_json
 from plgg_fl.report.collect import ReportError, Run, load_run
 from plgg_fl.report.html import to_html, to_markdown
 
@@ -164,14 +165,6 @@ def _write_csv(path: Path, rows: list[dict], extra: tuple[str, ...] = ()) -> Non
                         ";".join(f"{m:.4f}" for m in r["seed_medians"]), s["range"], s["sd"]])
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 def build_study_report(study_dir: str | Path, out_dir: str | Path | None = None, printer=print) -> dict[str, Any]:
     """Write the study report; returns ``study_report.json``'s content."""
     record, runs = collect(study_dir)
@@ -241,7 +234,7 @@ def build_study_report(study_dir: str | Path, out_dir: str | Path | None = None,
     htm = to_html(doc, out / "study_report.html", f"plgg-fl study: {record['name']}")
     result = {"study": str(root), "methods": rows, "paired": paired, "ratios": ratios, "curve": curve,
               "figure": str(fig) if fig else None, "html": str(htm), "markdown": str(md), "wall_s": wall}
-    (data / "study_report.json").write_text(json.dumps(_clean(result), indent=2, default=str), encoding="utf-8")
+    (data / "study_report.json").write_text(json.dumps(clean_json(result), indent=2, default=str), encoding="utf-8")
     printer(f"study report: {htm}")
     return result
 
