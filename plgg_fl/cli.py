@@ -65,7 +65,20 @@ def _run(args: argparse.Namespace) -> int:
         return interrupt_exit_code(exc)
 
 
+_MAIN_PID: int | None = None  # the process that installed _on_sigterm
+
+
 def _on_sigterm(signum, frame) -> None:
+    """In the command's own process: raise :class:`plgg_fl.errors.Terminated` (clean-up as on Ctrl-C).
+    In a process forked from it (multiprocessing workers, which inherit Python's handlers, and which
+    their pools stop with SIGTERM): die of SIGTERM as if no handler had been installed."""
+    import os
+    import signal
+
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     from plgg_fl.errors import Terminated
 
     raise Terminated()
@@ -83,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import os
     import signal
 
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)  # clean up as on Ctrl-C (long runs stop their processes)
     return _run(args)
 
