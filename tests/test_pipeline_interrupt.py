@@ -92,6 +92,12 @@ def _survivors(folder: str, exclude: set[int]) -> list[psutil.Process]:
     return out
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT as a foreground terminal program has it. A shell that starts pytest in the
+    background (``cmd &``, as a CI script may) ignores SIGINT, and ignored signals are inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _long_tiny_config(tmp_path: Path) -> Path:
     """The tiny config with a stage 1 long enough to be still training when the signal comes."""
     cfg = yaml.safe_load((REPO / "simulator_configs" / "tiny.yaml").read_text(encoding="utf-8"))
@@ -112,7 +118,7 @@ def test_ctrl_c_or_sigterm_stops_every_process_of_the_run_prints_one_line(tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "plgg_fl.cli", "simulate", "--config", str(config), "--out", str(tmp_path / "runs")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group, signalled as a terminal's Ctrl-C would be
+        preexec_fn=_as_from_a_terminal, start_new_session=True,  # its own process group, signalled as a terminal's Ctrl-C would be
     )
     lines: queue.Queue = queue.Queue()
     errs: queue.Queue = queue.Queue()
@@ -163,7 +169,7 @@ def test_ctrl_c_during_cohort_synthesis_prints_one_line_and_leaves_no_worker(tmp
         [sys.executable, "-m", "plgg_fl.cli", "synth", str(tmp_path / "cohort"), "--size", "tiny", "--workers", "2",
          "--sites", "brats", "--cases-per-site", "400"],
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        text=True, preexec_fn=_as_from_a_terminal, start_new_session=True,
     )
     errs: queue.Queue = queue.Queue()
     err_reader = _reader(proc.stderr, errs)
