@@ -174,8 +174,11 @@ def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
     ended_after = time.monotonic() - t_kill
     print(f"job ended {meta['status']} {ended_after:.0f}s after the kill")
     assert meta["status"].startswith("FINISHED") and meta["status"] != "FINISHED:COMPLETED", meta["status"]
+    assert meta["status"] != "FINISHED:ABORTED", "the job hung until follow() aborted it"
     assert ended_after < HEARTBEAT_TIMEOUT + DEAD_GRACE + 90, "the job hung until follow() aborted it"
     result = api.download(fed.lead, job_id, fed.tmp / "results_killed")
+    server_log = "\n".join(p.read_text(errors="replace", encoding="utf-8") for p in result.rglob("log.txt"))
+    assert "dfci_bch" in server_log
     errors = " ".join(api.server_errors(result))
     # the lead is told who is missing: NVFlare's "Client dfci_bch is deemed disconnected" (fewer alive
     # clients than the job's min_clients, = its pinned sites) or the round's "no result from site(s) dfci_bch"

@@ -153,6 +153,12 @@ class PlggUNet(DynUNet):
         return self
 
 
+def parameter_shapes(preset: str) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: shape}`` of ``PlggUNet(preset)``, built on the meta device (no weights allocated)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in PlggUNet(preset=preset).state_dict().items()}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -102,23 +102,11 @@ class Pipeline:
         in NVFlare's format, where a trained one would be."""
         import torch
 
-        from plgg_fl.fl.locator import read_state_dict
+        from plgg_fl.engine.networks import parameter_shapes
 
         src = Path(src).resolve()
-        state = self._pretrained_state if self._pretrained_state is not None else None
-        if state is None:
-            if not src.is_file():
-                raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
-            try:
-                state = read_state_dict(str(src))
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
-        import torch as _torch
-
-        from plgg_fl.engine import PlggUNet
-
-        with _torch.device("meta"):
-            want = {k: tuple(v.shape) for k, v in PlggUNet(preset=self.cfg.preset).state_dict().items()}
+        state = self._pretrained_state if self._pretrained_state is not None else _read_pretrained(src)
+        want = parameter_shapes(self.cfg.preset)
         got = {k: tuple(v.shape) for k, v in state.items()}
         if got != want:
             bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
@@ -177,12 +165,7 @@ class Pipeline:
         self._pretrained_state = None
         if self.overwrite and self.cfg.pretrained and self.out in Path(self.cfg.pretrained).resolve().parents:
             # the stage-1 model lies in the folder --overwrite clears: read it first
-            from plgg_fl.fl.locator import read_state_dict
-
-            try:
-                self._pretrained_state = read_state_dict(str(Path(self.cfg.pretrained).resolve()))
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise StageFailed(f"pretrained: {self.cfg.pretrained} cannot be read ({exc})") from exc
+            self._pretrained_state = _read_pretrained(Path(self.cfg.pretrained).resolve())
         if self.overwrite:
             clear_for_overwrite(self.out)
         if self.out.name != self.cfg.name:
@@ -244,6 +227,18 @@ class Pipeline:
         self.printer(table)
         self.printer(f"\nstudy report (tables, plots, failure gallery): plgg-fl report {_shown(self.out)}")
         return metrics
+
+
+def _read_pretrained(src: Path) -> dict:
+    """The state dict of a stage-1 checkpoint (any format); :class:`StageFailed` saying why not."""
+    from plgg_fl.fl.locator import read_state_dict
+
+    if not src.is_file():
+        raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
+    try:
+        return read_state_dict(str(src))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
 
 
 def _write_metrics_csv(path: Path, evaluation: dict) -> None:
