@@ -75,8 +75,11 @@ def test_site_privacy_policy_builds_in_nvflare(tmp_path, site):
     assert [type(f).__name__ for f in out_filters] == ["ModelAndScalarsOnly"]
     dp = mgr.get_scope("model_and_scalars_dp").task_result_filters["out"]
     assert type(dp[-1]).__name__ == "ModelAndScalarsOnly"  # the site filter runs last
-    for scope in ("model_and_scalars", "model_and_scalars_dp"):  # incoming tasks: only the study's client code
-        assert [type(f).__name__ for f in mgr.get_scope(scope).task_data_filters["in"]] == ["PinnedClientCode"]
+    assert type(dp[0]).__name__ == "PrivateWeightDifferences"  # DP on the difference from the received model
+    # incoming tasks: only the study's client code; the DP scope also keeps the global model to subtract
+    assert [type(f).__name__ for f in default.task_data_filters["in"]] == ["PinnedClientCode"]
+    assert [type(f).__name__ for f in mgr.get_scope("model_and_scalars_dp").task_data_filters["in"]] == [
+        "PinnedClientCode", "RememberGlobalModel"]
 
 
 def test_server_policy_lets_the_lead_read_its_job_logs_and_the_member_only_look():

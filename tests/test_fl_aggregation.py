@@ -104,3 +104,11 @@ def test_a_controller_whose_aggregator_names_other_sites_is_refused():
     ok = PinnedFedAvg(sites=["dfci_bch", "cbtn"], num_rounds=1, persistor_id="persistor",
                       aggregator=SiteOrderAggregator(["cbtn", "dfci_bch"]))  # as an exported job config builds it
     assert ok.aggregator.sites == ["cbtn", "dfci_bch"]
+
+
+def test_a_round_mixing_full_weights_and_differences_is_refused_naming_the_sites():
+    agg = SiteOrderAggregator(["cbtn", "dfci_bch"])
+    diff = _result("dfci_bch", 1)
+    diff.params_type = ParamsType.DIFF  # e.g. a site whose privacy scope sends differences
+    with pytest.raises(ValueError, match=r"cbtn: FULL, dfci_bch: DIFF"):
+        _aggregate(agg, [_result("cbtn", 0), diff])

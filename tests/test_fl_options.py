@@ -1,5 +1,6 @@
-"""Stage-3 options in the real simulator (~40 s): weight differences + NVFlare's percentile privacy
-filter + FedProx. The encoder must still stay bit-identical and only decoder differences leave."""
+"""Stage-3 options in the real simulator (~40 s): NVFlare's SVT privacy filter on a job that sends full
+weights + FedProx. The encoder must still stay bit-identical, only decoder *differences* leave (the
+filter subtracts the global model the site received), and the global model is not zeroed."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     model = PlggUNet(preset="tiny")
     init = tmp_path / "init.pt"
     torch.save({"model": model.state_dict()}, init)
-    opts = StageOptions(preset="tiny", num_rounds=2, local_steps=1, send="diff", fedprox_mu=0.01,
-                        privacy={"kind": "percentile", "percentile": 10, "gamma": 0.01},
+    opts = StageOptions(preset="tiny", num_rounds=2, local_steps=1, send="full", fedprox_mu=0.01,
+                        privacy={"kind": "svt", "fraction": 0.5, "epsilon": 1.0, "noise_var": 10.0, "gamma": 1e-3},
                         train={"patch_size": [32, 32, 32], "batch_size": 1, "spacing_mm": [4.0, 4.0, 4.0], "device": "cpu"})
     sites = ["cbtn", "dfci_bch"]
     res = run_in_simulator(decoder_recipe(opts, sites=sites, initial_ckpt=str(init)), sites, tmp_path / "ws",
@@ -34,6 +35,11 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     enc, dec = encoder_decoder_keys(model)
     assert all(torch.equal(before[k], after[k]) for k in enc)
     assert any(not torch.equal(before[k], after[k]) for k in dec)
+    # a difference of at most 2 rounds x (clip 1e-3 + Laplace noise of scale 2e-4) per weight, never the
+    # weights themselves clipped and zeroed (what the filter did to full weights before)
+    floats = [k for k in dec if after[k].is_floating_point()]
+    assert max(float((after[k] - before[k]).abs().max()) for k in floats) < 0.05
+    assert sum(int((after[k] == 0).sum()) for k in floats) <= sum(int((before[k] == 0).sum()) for k in floats)
     recs = [json.loads(x) for f in (tmp_path / "sends" / "plgg_decoder").glob("*.jsonl") for x in f.read_text(encoding="utf-8").splitlines()]
     assert len(recs) == 4 and all(r["data_kind"] == "WEIGHT_DIFF" and set(r["data"]) == set(dec) for r in recs)
     server_log = Path(res.workspace / "server" / "log.txt").read_text(encoding="utf-8")

@@ -93,6 +93,13 @@ class SiteOrderAggregator(ModelAggregator):
         missing = [s for s in self.sites if s not in self.results]
         if missing:
             raise IncompleteRound(self.round_num, missing, received)
+        kinds = {name: str(getattr(self.results[name].params_type, "value", self.results[name].params_type))
+                 for name in received}
+        if len(set(kinds.values())) > 1:  # averaging full weights with differences gives neither
+            listed = ", ".join(f"{n}: {k}" for n, k in kinds.items())
+            raise ValueError(f"round {self.round_num}: sites sent different kinds of update ({listed}); every site of a "
+                             "stage must send full weights or every site differences (a site whose privacy scope "
+                             "adds differential privacy sends differences: use `send: diff` or that scope at every site)")
         params, metrics = WeightedAggregationHelper(exclude_vars=self.exclude_vars), WeightedAggregationHelper()
         all_metrics, site_weights = True, []
         for name in received:  # the fixed order is the point of this class

@@ -32,8 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
-from nvflare.app_common.filters.svt_privacy import SVTPrivacy
 from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
 from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 from nvflare.client.config import ExchangeFormat
@@ -45,6 +43,7 @@ from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 from plgg_fl.fl.controller import ROUND_TIMEOUT_S, PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
+from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, RememberGlobalModel
 
 #: The client script, named by its bare file name with its own folder as the current one while a
 #: recipe is built, exported or run: NVFlare writes an in-process script's path into the job config
@@ -60,7 +59,6 @@ JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
 # One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
 # exported in hash order, which differs between runs (and would make jobs/ drift).
 TASK_GROUPS = (["train"], ["validate"], ["submit_model"])
-PRIVACY_FILTERS = {"percentile": PercentilePrivacy, "svt": SVTPrivacy}
 #: Seconds a site waits after sending a result before asking for its next task (NVFlare's server
 #: setting ``task_request_interval``, default 2 s). Every round pays it once per site, so at the
 #: default a 3-round stage idles 6 s; a poll every 0.5 s is negligible traffic for a few sites.
@@ -75,7 +73,8 @@ class StageOptions:
     paths); ``local_steps``: optimiser steps per site per round; ``send``: ``full`` weights or
     ``diff`` (weight differences); ``fedprox_mu``: FedProx proximal weight (0 = plain FedAvg);
     ``privacy``: ``{"kind": "percentile"|"svt", **filter args}`` - an NVFlare privacy filter on every
-    training result; ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
+    training result's difference from the global model it started from (:mod:`plgg_fl.fl.privacy`;
+    sent as ``WEIGHT_DIFF`` whatever ``send`` is); ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
     the site sets ``$PLGG_FL_RECORD_SENDS``); ``server_opt``: FedOpt instead of FedAvg on the server,
     ``{"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
     "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only;
@@ -217,7 +216,9 @@ def _add_filters(recipe: Recipe, opts: StageOptions) -> Recipe:
         kind = spec.pop("kind", None)
         if kind not in PRIVACY_FILTERS:
             raise ValueError(f"privacy kind must be one of {sorted(PRIVACY_FILTERS)}, got {kind!r}")
-        recipe.add_client_output_filter(PRIVACY_FILTERS[kind](**spec), tasks=["train"])
+        # on the difference from the global model the task brought, whatever `send` is (plgg_fl.fl.privacy)
+        recipe.add_client_input_filter(RememberGlobalModel(), tasks=["train"])
+        recipe.add_client_output_filter(PrivateWeightDifferences(kind, spec), tasks=["train"])
     if opts.record_sends:
         # after any privacy filter, so it sees what actually leaves the site. NVFlare task sets of
         # filters may not overlap, hence one set per task group rather than "all tasks".
