@@ -201,3 +201,27 @@ def test_mirror_tta_of_a_flip_equivariant_model_changes_nothing(tmp_path):
     tta = predict(_Oracle(), case["image"], cfg, tta=True, return_prob=True)
     np.testing.assert_allclose(tta.prob, plain.prob, atol=1e-4)
     assert plain.mask.any()
+
+
+def test_received_weights_load_whole_or_decoder_only_never_half():
+    """A global model with other keys (another preset, a renamed layer) stops the site, naming them;
+    before, the client loaded it non-strictly and scored a half-random model."""
+    from plgg_fl.engine import PlggUNet, encoder_decoder_keys, load_received_weights
+
+    model, other = PlggUNet(preset="tiny"), PlggUNet(preset="tiny")
+    enc, dec = encoder_decoder_keys(model)
+    full = {k: v.clone() + 1 for k, v in other.state_dict().items()}
+    assert load_received_weights(model, full) == "full"
+    assert all(torch.equal(model.state_dict()[k], full[k]) for k in full)
+    before_enc = {k: model.state_dict()[k].clone() for k in enc}
+    assert load_received_weights(model, {k: full[k] * 2 for k in dec}, partial_keys=dec) == "partial"
+    assert all(torch.equal(model.state_dict()[k], before_enc[k]) for k in enc)
+    with pytest.raises(ValueError, match=r"missing \d+ .*decoder tensors may be sent alone"):
+        load_received_weights(model, {k: full[k] for k in dec[:-1]}, partial_keys=dec)  # not exactly the decoder
+    with pytest.raises(ValueError, match=r"missing .*unexpected 1 \(extra\.weight\)"):
+        load_received_weights(model, {**{k: full[k] for k in enc}, "extra.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="missing"):
+        load_received_weights(model, {k: full[k] for k in dec})  # decoder alone outside stage 3
+    small = PlggUNet(preset="small").state_dict()
+    with pytest.raises((ValueError, RuntimeError)):  # another preset: other keys or other shapes, never loaded
+        load_received_weights(model, small)

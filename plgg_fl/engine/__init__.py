@@ -1,6 +1,6 @@
 """plgg_fl.engine: framework-free training, inference and evaluation (plain PyTorch + MONAI).
 
-The contract (docs/CONTRACTS.md): PlggUNet, PRESETS, encoder_decoder_keys, freeze_encoder,
+The contract (docs/CONTRACTS.md): PlggUNet, PRESETS, encoder_decoder_keys, freeze_encoder, load_received_weights,
 TrainConfig, Trainer, validate, evaluate_cases, save_checkpoint, load_checkpoint.
 
 Names are imported on first use (PEP 562), so ``import plgg_fl.engine`` (and every ``plgg-fl``
@@ -22,6 +22,7 @@ _EXPORTS = {
     "PlggUNet": "networks",
     "encoder_decoder_keys": "networks",
     "freeze_encoder": "networks",
+    "load_received_weights": "networks",
     "unfreeze_encoder": "networks",
     "Trainer": "train",
     "evaluate_cases": "evaluate",

@@ -181,6 +181,32 @@ def encoder_decoder_keys(model: nn.Module) -> tuple[list[str], list[str]]:
     return enc, dec
 
 
+def load_received_weights(model: nn.Module, state: dict[str, torch.Tensor], partial_keys: list[str] | None = None) -> str:
+    """Load weights received from elsewhere (a federation's global model) into ``model``, in place.
+
+    ``state`` must hold every ``model.state_dict()`` key with its shape (returns ``"full"``) or, where
+    ``partial_keys`` is given (stage 3: the decoder keys), exactly those keys (returns ``"partial"``;
+    the other tensors keep their values). Anything else raises ValueError naming the missing and
+    unexpected keys: a model evaluated or trained with half its weights left random looks like a
+    result and is not one. A shape mismatch raises PyTorch's RuntimeError naming the tensor.
+    """
+    expected, got = set(model.state_dict()), set(state)
+    if got == expected:
+        model.load_state_dict(state, strict=True)
+        return "full"
+    if partial_keys is not None and got == set(partial_keys):
+        model.load_state_dict(state, strict=False)
+        return "partial"
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+
+    def few(keys: list[str]) -> str:
+        return f"{len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+
+    raise ValueError(f"received weights do not fit this {type(model).__name__}: missing {few(missing)}, unexpected "
+                     f"{few(unexpected)}" + ("" if partial_keys is None else f"; only the {len(partial_keys)} decoder "
+                                             "tensors may be sent alone") + ". Is the job's preset the model's?")
+
+
 def freeze_encoder(model: PlggUNet) -> PlggUNet:
     """Stage 3: encoder parameters get ``requires_grad=False`` and its norm layers stay in eval mode.
 

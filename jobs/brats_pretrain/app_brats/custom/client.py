@@ -32,7 +32,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
-from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, validate
+from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -130,7 +130,8 @@ def main(argv=None) -> None:
             break
         if received.params:
             state = {k: torch.as_tensor(v) for k, v in received.params.items()}
-            model.load_state_dict(state, strict=set(state) == set(all_keys))
+            # every tensor, or (stage 3) exactly the decoder's; anything else stops the site with the keys named
+            load_received_weights(model, state, decoder_keys if args.stage == "decoder" else None)
         if flare.is_train():
             metrics = {}
             val_cases = site_cases(manifest, args.val_split, metrics, f"{args.val_split}/", required=False)
