@@ -20,10 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plgg_fl.bundled import bundled_dir
 from plgg_fl.cliopts import add_hidden_alias
 from plgg_fl.errors import CommandError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "simulator_configs" / "paper.yaml"
+DEFAULT_CONFIG = bundled_dir("simulator_configs") / "paper.yaml"
 
 
 def _kit(args) -> str:

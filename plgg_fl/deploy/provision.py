@@ -18,8 +18,10 @@ from pathlib import Path
 
 import yaml
 
-#: The repository's ``sites/`` folder (project.yml and the per-site templates).
-SITES_DIR = Path(__file__).resolve().parents[2] / "sites"
+from plgg_fl.bundled import bundled_dir
+
+#: The ``sites/`` folder (project.yml and the per-site templates): the checkout's, else the wheel's.
+SITES_DIR = bundled_dir("sites")
 PROJECT_YML = SITES_DIR / "project.yml"
 
 

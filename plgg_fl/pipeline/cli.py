@@ -6,24 +6,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from plgg_fl.fl.recipes import PACKAGE_ROOT
+from plgg_fl.bundled import bundled_dir
 from plgg_fl.pipeline.config import METHODS, ConfigError, check_methods, dump_config, load_config
 
 
 def find_config(name_or_path: str) -> Path:
     """A config file. A path (a folder part or a ``.yaml``/``.yml`` ending) is taken as given and must
     exist; a bare name (``demo``, ``tiny``) is ``simulator_configs/<name>.yaml`` in the current folder,
-    else in the source tree. Raises :class:`ConfigError` when there is none."""
+    else the bundled one (the source tree's, or the installed wheel's). Raises :class:`ConfigError` when
+    there is none."""
     p = Path(name_or_path)
     if p.is_file():
         return p
     if len(p.parts) != 1 or p.suffix in (".yaml", ".yml"):
         raise ConfigError("config file not found", p)
-    places = [base / "simulator_configs" / f"{p.name}.yaml" for base in (Path.cwd(), PACKAGE_ROOT)]
+    shipped = bundled_dir("simulator_configs")
+    places = [Path.cwd() / "simulator_configs" / f"{p.name}.yaml", shipped / f"{p.name}.yaml"]
     for cand in places:
         if cand.is_file():
             return cand
-    bundled = ", ".join(sorted(c.stem for c in (PACKAGE_ROOT / "simulator_configs").glob("*.yaml")))
+    bundled = ", ".join(sorted(c.stem for c in shipped.glob("*.yaml")))
     raise ConfigError(f"no config named {name_or_path!r}; bundled: {bundled}", " or ".join(dict.fromkeys(map(str, places))))
 
 
