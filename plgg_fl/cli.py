@@ -20,7 +20,7 @@ COMMAND_MODULES = (
     "plgg_fl.data.cli",
     "plgg_fl.engine.cli",
     "plgg_fl.pipeline.cli",
-    "plgg_fl.fl.cli",
+    "plgg_fl.pipeline.jobs",
     "plgg_fl.predict.cli",
     "plgg_fl.report.cli",
     "plgg_fl.review.cli",

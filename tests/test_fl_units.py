@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from plgg_fl.fl import recipes
-from plgg_fl.fl.cli import diff_trees, export_jobs
+from plgg_fl.pipeline.jobs import diff_trees, export_jobs
 from plgg_fl.fl.client import scalar_metrics
 from plgg_fl.fl.site import SiteConfigError, manifest_env_var, resolve_site_config
 

@@ -217,7 +217,7 @@ def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoin
     either way the file travels inside the job folder (the server app's ``custom/``), so the lead's
     machine and the server need not share a disk.
     """
-    from plgg_fl.fl.cli import export_jobs  # the FL layer owns the job definitions
+    from plgg_fl.pipeline.jobs import export_jobs  # job folders are built from a pipeline config
 
     if stage == "plgg_evaluate":
         if checkpoint is None:

@@ -61,6 +61,40 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ck
 
 
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(state dict, engine train_config or None)`` from any checkpoint the project reads: an engine
+    checkpoint, an NVFlare PyTorch global model (``{"model": state dict, ...}``) or a bare state dict.
+    The one reader every layer uses; ``weights_only=True`` (a checkpoint cannot run code). Raises
+    ValueError naming the file when it holds no state dict of tensors."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused (code objects), truncated or not a torch file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    cfg = None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        data, cfg = data["state_dict"], data.get("train_config")
+    else:
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{path}: no state dict of tensors (neither an engine checkpoint, an NVFlare global model "
+                         "nor a state dict)")
+    return dict(data), cfg
+
+
+def model_from_weights(path: str | Path, preset: str) -> PlggUNet:
+    """A :class:`PlggUNet` (eval mode, CPU) with the weights of ``path`` (any format :func:`read_weights`
+    reads), of the preset its own train config names, else ``preset``. Every tensor must fit."""
+    from plgg_fl.engine.networks import load_received_weights
+
+    state, cfg = read_weights(path)
+    model = PlggUNet(preset=str((cfg or {}).get("preset", preset)))
+    load_received_weights(model, state)
+    return model.eval()
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[PlggUNet, TrainConfig, dict[str, Any]]:
     """Rebuild the model (eval mode, on ``device``), its TrainConfig, and ``meta`` (plus ``step``,
     ``preprocessing`` and ``path`` keys added)."""

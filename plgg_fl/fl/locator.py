@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import os
 
-import torch
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model_locator import ModelLocator
 from nvflare.app_opt.pt.decomposers import TensorDecomposer
 from nvflare.fuel.utils import fobs
 
+from plgg_fl.engine.checkpoint import read_weights
+
 
 MODEL_NAME_META = "plgg_model_name"
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint file (plain, NVFlare ``{"model": ...}`` or engine format)."""
-    data = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ValueError(f"{path}: no state dict of tensors found")
-    return data
 
 
 class CheckpointLocator(ModelLocator):
@@ -78,7 +67,7 @@ class CheckpointLocator(ModelLocator):
         return os.path.join(fl_ctx.get_engine().get_workspace().get_app_custom_dir(fl_ctx.get_job_id()), p)
 
     def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
-        state = read_state_dict(self._path(model_name, fl_ctx))
+        state = read_weights(self._path(model_name, fl_ctx))[0]
         # the name travels in the DXO meta, so a site can label its per-case results by model
         return DXO(data_kind=DataKind.WEIGHTS, data={k: v.cpu().numpy() for k, v in state.items()},
                    meta={MODEL_NAME_META: model_name})

@@ -9,7 +9,7 @@ from pathlib import Path
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, save_checkpoint
-from plgg_fl.fl.locator import read_state_dict
+from plgg_fl.engine.checkpoint import read_weights
 from plgg_fl.pipeline.config import PipelineConfig
 from plgg_fl.pipeline.simulate import threads_per_client
 
@@ -23,7 +23,7 @@ def train_local(cfg: PipelineConfig, init_ckpt: Path, manifests: dict[str, Path]
     torch.set_num_threads(threads_per_client(1))
     cases = [c for p in manifests.values() for c in usable_cases(load_manifest(p), "train")]
     model = PlggUNet(preset=cfg.preset)
-    model.load_state_dict(read_state_dict(str(init_ckpt)))
+    model.load_state_dict(read_weights(init_ckpt)[0])
     step = 0
     for stage, frozen in (("finetune", False), ("decoder", True)):
         opts = cfg.stages[stage].options

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
-from plgg_fl.engine import PlggUNet, TrainConfig, read_checkpoint, save_checkpoint
+from plgg_fl.engine import PlggUNet, TrainConfig, save_checkpoint
+from plgg_fl.engine.checkpoint import read_weights
 from plgg_fl.pipeline.config import PipelineConfig
 
 _S1 = ("stage1", "brats_pretrain")
@@ -31,25 +31,13 @@ def _chain(method: str) -> list[tuple[str, str]]:
     return CHAINS.get(method, [_S1, (method, "in_process")])  # pooled, local_only[<site>]: stage 1 + engine
 
 
-def _weights(path: Path) -> tuple[dict, dict | None]:
-    """(state_dict, engine train_config or None) from an engine or an NVFlare PT checkpoint."""
-    try:
-        ck = read_checkpoint(path)
-        return ck["state_dict"], ck["train_config"]
-    except ValueError:
-        ck = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(ck, dict) or "model" not in ck:
-            raise ValueError(f"{path}: neither an engine checkpoint nor an NVFlare global model") from None
-        return ck["model"], None
-
-
 def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: list[dict], evaluation: dict,
                         out_dir: Path) -> dict[str, Path]:
     """Write ``out_dir/<method>.pt`` for every method in ``models``; returns method -> path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for method, path in models.items():
-        state, train_cfg = _weights(path)
+        state, train_cfg = read_weights(path)
         if train_cfg:  # an engine checkpoint's own, complete config
             tcfg = TrainConfig.from_dict(train_cfg)
         else:

@@ -231,12 +231,12 @@ class Pipeline:
 
 def _read_pretrained(src: Path) -> dict:
     """The state dict of a stage-1 checkpoint (any format); :class:`StageFailed` saying why not."""
-    from plgg_fl.fl.locator import read_state_dict
+    from plgg_fl.engine.checkpoint import read_weights
 
     if not src.is_file():
         raise StageFailed(f"pretrained: stage-1 checkpoint not found: {src}")
     try:
-        return read_state_dict(str(src))
+        return read_weights(src)[0]
     except (ValueError, RuntimeError, OSError) as exc:
         raise StageFailed(f"pretrained: {src} is not a model checkpoint ({exc})") from exc
 

@@ -53,26 +53,12 @@ def worst_cases(per_case: dict, method: str, k: int) -> list[tuple[str, str, flo
     return [(s, key, d) for d, s, key in sorted(allv)[:k]]
 
 
-def _load_model(checkpoint: Path, preset: str):
-    import torch
-
-    from plgg_fl.engine import PlggUNet
-
-    data = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    model = PlggUNet(preset=preset)
-    model.load_state_dict(data)
-    return model.eval()
-
-
 def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[str | None, list[GalleryItem]]:
     """Re-predict and draw ``k`` worst cases of ``method`` (default: the best). Returns (method, items);
     items whose site data or checkpoint cannot be found carry a ``note`` and no image."""
     from plgg_fl.data.manifest import load_manifest
     from plgg_fl.engine import TrainConfig, predict
+    from plgg_fl.engine.checkpoint import model_from_weights
     from plgg_fl.engine.infer import load_mask
     from plgg_fl.engine.metrics import dice
 
@@ -83,7 +69,7 @@ def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[s
     train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
     cfg = TrainConfig.from_overrides({**train, "preset": preset})
     ckpt = run.checkpoint(method)
-    model = _load_model(ckpt, preset) if ckpt and ckpt.is_file() else None
+    model = model_from_weights(ckpt, preset) if ckpt and ckpt.is_file() else None
     items: list[GalleryItem] = []
     manifests: dict[str, dict] = {}
     for site, key, d_csv in worst_cases(run.per_case, method, k):
