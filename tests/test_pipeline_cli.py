@@ -263,3 +263,29 @@ def test_a_pretrained_model_of_another_preset_is_refused_by_name(tmp_path):
         pipe.use_pretrained(ckpt)
     torch.save({"model": PlggUNet(preset="tiny").state_dict()}, ckpt)
     assert pipe.use_pretrained(ckpt).is_file()
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
+def test_a_saved_config_reloads_to_the_same_config(name):
+    """config.yaml next to a run is the run's config: gpu and job_timeout_s were dropped before."""
+    import dataclasses
+
+    import yaml
+
+    from plgg_fl.pipeline.cli import find_config
+    from plgg_fl.pipeline.config import config_from_dict, dump_config, read_yaml
+
+    data = read_yaml(find_config(name))
+    data.update(gpu="0", job_timeout_s=1234.0)
+    cfg = config_from_dict(data, name, name)
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)), "reloaded", name)
+    assert dataclasses.replace(again, source=cfg.source) == cfg
+
+
+def test_a_top_level_seed_is_an_error_naming_the_two_seeds_that_exist():
+    from plgg_fl.pipeline.cli import find_config
+    from plgg_fl.pipeline.config import ConfigError, config_from_dict, read_yaml
+
+    data = {**read_yaml(find_config("tiny")), "seed": 3}
+    with pytest.raises(ConfigError, match=r"train\.seed .*cohort\.seed"):
+        config_from_dict(data, "tiny", "tiny")

@@ -45,7 +45,7 @@ METHODS = {
     "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
 }
 STAGES = ("pretrain", "finetune", "decoder")
-_TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "seed", "pretrained"}
+_TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "pretrained"}
 
 
 class ConfigError(CommandError, ValueError):
@@ -139,6 +139,9 @@ def config_from_dict(data: dict[str, Any], origin: str, default_name: str = "run
         raise ConfigError("a config is a YAML mapping (name, cohort, stages, ...)", origin)
     if "base" in data and "stages" not in data:
         raise ConfigError("this is a study config (it names a 'base'); run it with `plgg-fl study --config ...`", origin)
+    if "seed" in data:  # read nowhere before: a run that looked seeded was not
+        raise ConfigError("a top-level 'seed' sets nothing; use train.seed (initial weights, patch sampling) "
+                          "or cohort.seed (the synthetic cohort)", origin)
     unknown = set(data) - _TOP
     if unknown:
         raise ConfigError(f"unknown field(s) {sorted(unknown)}; known: {sorted(_TOP)}", origin)
@@ -175,17 +178,22 @@ def config_from_dict(data: dict[str, Any], origin: str, default_name: str = "run
 
 
 def dump_config(cfg: PipelineConfig) -> str:
-    """The resolved config as YAML (written next to the run's outputs)."""
+    """The resolved config as YAML (written next to the run's outputs as ``config.yaml``); reading it back
+    with :func:`config_from_dict` gives the same config (``source`` aside)."""
     stages = {n: {"sites": s.sites, **s.options.to_dict()} for n, s in cfg.stages.items()}
     data = {
         "name": cfg.name,
         "cohort": {"dir": str(cfg.cohort_dir), "size": cfg.cohort_size, "seed": cfg.cohort_seed},
         "preset": cfg.preset,
+        "train": cfg.train,
         "stages": stages,
         "evaluate": {"sites": cfg.eval_sites, "splits": cfg.eval_splits},
         "handoff": cfg.handoff,
         "methods": cfg.methods,
+        "job_timeout_s": cfg.job_timeout_s,
     }
+    if cfg.gpu is not None:
+        data["gpu"] = cfg.gpu
     if cfg.pretrained is not None:
         data["pretrained"] = str(cfg.pretrained)
     return yaml.safe_dump(data, sort_keys=False)
