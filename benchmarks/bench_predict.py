@@ -117,7 +117,8 @@ def get_model(preset: str, work: Path, device: str = "cpu", steps: int | None = 
         print(f"  trained {preset} for {steps} steps in {time.perf_counter() - t0:.0f} s -> {ckpt}", flush=True)
     model, cfg, _ = load_checkpoint(ckpt, device=device)
     d = PRESET_DEFAULTS[preset]
-    return model, cfg.replace(device=device, patch_size=tuple(d["patch_size"]), spacing_mm=tuple(d["spacing_mm"]), sw_batch_size=d["sw_batch_size"], cpu_bf16=False, tta=False, keep_largest=False)
+    return model, cfg.replace(device=device, patch_size=tuple(d["patch_size"]), spacing_mm=tuple(d["spacing_mm"]),
+                              sw_batch_size=d["sw_batch_size"], cpu_bf16=False, tta=False, keep_largest=False)
 
 
 def naive_monai(model, cfg, src: Path, dst: Path) -> np.ndarray:

@@ -43,7 +43,8 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     recs = [json.loads(x) for f in (tmp_path / "sends" / "plgg_decoder").glob("*.jsonl") for x in f.read_text(encoding="utf-8").splitlines()]
     assert len(recs) == 4 and all(r["data_kind"] == "WEIGHT_DIFF" and set(r["data"]) == set(dec) for r in recs)
     server_log = Path(res.workspace / "server" / "log.txt").read_text(encoding="utf-8")
-    assert "fedprox" in Path(res.workspace / "server" / "simulate_job" / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8")
+    assert "fedprox" in Path(res.workspace / "server" / "simulate_job" / "app_server" / "config"
+                             / "config_fed_server.json").read_text(encoding="utf-8")
     assert "Aggregated 2/2 results" in server_log
     assert "fedprox_mu=0.01" in res.site_log("cbtn").read_text(encoding="utf-8")  # the server's mu reached the site
 

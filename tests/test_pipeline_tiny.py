@@ -105,7 +105,8 @@ def test_what_leaves_a_site(tiny_run):
     expected = {"brats_pretrain": set(shapes), "plgg_finetune": set(shapes), "plgg_decoder": set(dec)}
     for job, keys in expected.items():
         recs = [r for r in _records(tiny_run, job) if r["task"] == "train"]
-        assert {r["site"] for r in recs} == set(tiny_run["cfg"].stages[{"brats_pretrain": "pretrain", "plgg_finetune": "finetune", "plgg_decoder": "decoder"}[job]].sites)
+        assert {r["site"] for r in recs} == set(
+            tiny_run["cfg"].stages[{"brats_pretrain": "pretrain", "plgg_finetune": "finetune", "plgg_decoder": "decoder"}[job]].sites)
         for r in recs:
             assert r["return_code"] == "OK" and r["data_kind"] in ("WEIGHTS", "WEIGHT_DIFF")
             assert set(r["data"]) == keys, job  # state-dict keys only; the decoder alone in stage 3

@@ -35,8 +35,8 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     src = tmp_path / "src"  # a clean copy: the build leaves no build/ or egg-info in the checkout
     src.mkdir()
     for name in SOURCES:
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, src / name,
-                                                                     **({"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}))
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(
+            REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"], tmp_path, env)
     wheel = next((tmp_path / "dist").glob("plgg_fl-*.whl"))

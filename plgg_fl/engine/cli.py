@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     e.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
     e.add_argument("--keep-largest", action="store_true", help="keep the largest connected component")
-    e.add_argument("--nsd-tolerance-mm", type=float, default=2.0, help="surface Dice tolerance in mm (default 2); surfel-based NSD (Nikolov et al. 2021), stored with the results")
+    e.add_argument("--nsd-tolerance-mm", type=float, default=2.0,
+                   help="surface Dice tolerance in mm (default 2); surfel-based NSD (Nikolov et al. 2021), stored with the results")
     e.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions/<key>.nii.gz")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")

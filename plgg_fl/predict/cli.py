@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="NIfTI/MHA/NRRD file, folder of them, manifest (.yaml/.json), or DICOM folder")
     p.add_argument("--model", "-m", required=True, help="engine checkpoint (.pt) or `plgg-fl export` folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--brain-mask", dest="brain_masks", help="brain mask file (one input) or folder of masks named exactly <key>.nii.gz or <key>_brainmask.nii.gz")
+    p.add_argument("--brain-mask", dest="brain_masks",
+                   help="brain mask file (one input) or folder of masks named exactly <key>.nii.gz or <key>_brainmask.nii.gz")
     p.add_argument("--split", choices=("train", "val", "test"), help="with a manifest: only this split")
     p.add_argument("--prob", action="store_true", help="also write <key>_prob.nii.gz (foreground probability)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirror test-time augmentation (default: the model's)")

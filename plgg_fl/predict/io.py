@@ -224,7 +224,8 @@ def sitk_affine(img) -> np.ndarray:
 
 
 def sitk_geometry(img) -> dict[str, tuple]:
-    return {"size": tuple(img.GetSize()), "spacing": tuple(img.GetSpacing()), "origin": tuple(img.GetOrigin()), "direction": tuple(img.GetDirection())}
+    return {"size": tuple(img.GetSize()), "spacing": tuple(img.GetSpacing()), "origin": tuple(img.GetOrigin()),
+            "direction": tuple(img.GetDirection())}
 
 
 def read_brain_mask(path: Path, scan: Scan) -> np.ndarray:
@@ -276,7 +277,8 @@ def atomic_write(path: str | Path, save: Callable[[Path], None], overwrite: bool
 def write_like(array: np.ndarray, scan: Scan, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``array`` (file voxel order, ``scan.shape``) as NIfTI on ``scan``'s exact grid, atomically.
 
-    The file gets the input file's own shape (an (X, Y, Z, 1) input gets an (X, Y, Z, 1) output). NIfTI inputs: the input header is copied (qform/sform and their codes, units), only the data
+    The file gets the input file's own shape (an (X, Y, Z, 1) input gets an (X, Y, Z, 1) output). NIfTI inputs: the
+    input header is copied (qform/sform and their codes, units), only the data
     type changes. Other inputs: qform = sform = the scan's RAS affine. After writing, the file is
     read back and its shape, affine and orientation checked against the input (``check_grid``).
     """

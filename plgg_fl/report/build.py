@@ -164,14 +164,17 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
                                 "(Δ = median paired difference; negative = model agrees with experts less than they agree with each other).")]
     doc += [("h2", "Figures"),
             ("img", figs["dice_boxplot"], "Dice per case, per method and test set (box: median and IQR; whiskers 1.5 IQR; dots: cases)."),
-            ("img", figs["val_dice_rounds"], "Validation Dice of the global model each site received, per round, per federated stage (site-reported, metrics.json)."),
+            ("img", figs["val_dice_rounds"], "Validation Dice of the global model each site received, per round, per federated stage "
+                                             "(site-reported, metrics.json)."),
             ("img", figs["dice_vs_volume"], "Per-case Dice against reference tumour volume (ml)."),
             ("h2", "Failure gallery" + (f" · worst cases of {best}" if best else ""))]
     doc.append(("note", "Best method = highest median Dice over all test cases. Cases re-predicted at the site with the method's "
-                        "checkpoint (the evaluation keeps no masks); green = reference, red = prediction; slices through the reference's centre of mass."))
+                        "checkpoint (the evaluation keeps no masks); green = reference, red = prediction; "
+                        "slices through the reference's centre of mass."))
     for it in items:
         if it.image:
-            doc.append(("img", it.image, f"{it.site} {it.key}: Dice {it.dice_csv:.3f} in evaluation, {it.dice_now:.3f} re-predicted. {it.note}".strip()))
+            doc.append(("img", it.image,
+                        f"{it.site} {it.key}: Dice {it.dice_csv:.3f} in evaluation, {it.dice_now:.3f} re-predicted. {it.note}".strip()))
         else:
             doc.append(("note", f"{it.site} {it.key}: not rendered - {it.note}"))
     vers = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
@@ -191,7 +194,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     md = to_markdown(doc, img, out / "report.md")
     htm = to_html(doc, out / "report.html", f"plgg-fl report: {run.name}")
     result = {"run": str(run.root), "methods": methods, "sites": sites, "study_table": study, "multirater": multi,
-              "figures": {k: str(v) for k, v in figs.items()}, "gallery": {"method": best, "items": [vars(i) | {"image": str(i.image) if i.image else None} for i in items]},
+              "figures": {k: str(v) for k, v in figs.items()},
+              "gallery": {"method": best, "items": [vars(i) | {"image": str(i.image) if i.image else None} for i in items]},
               "per_case_csv": {f"{s}/{m}": str(p) for (s, m), p in run.per_case_paths.items()},
               "provenance": {k: v for k, v in prov.items() if k != "config_yaml"}, "markdown": str(md), "html": str(htm), "notes": run.notes}
     (data / "report.json").write_text(json.dumps(clean_json(result), indent=2, default=str), encoding="utf-8")

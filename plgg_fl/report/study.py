@@ -246,7 +246,8 @@ def summary_text(result: dict[str, Any]) -> str:
         lines.append(f"{r['site']:9s} {r['method']:22s} {tables.fmt_median_iqr(r['pooled'])}  seeds {_fmt_seeds(r['seed_medians'])}")
     lines += ["", "paired Wilcoxon (cases, Dice averaged over seeds)"]
     for p in result["paired"]:
-        lines.append(f"{p['site']:9s} {p['a']} vs {p['b']}: median diff {tables.fmt(p['median_difference'])}, p {tables.fmt_p(p['p_value'])} (n={p['n']})")
+        lines.append(f"{p['site']:9s} {p['a']} vs {p['b']}: median diff {tables.fmt(p['median_difference'])}, "
+                     f"p {tables.fmt_p(p['p_value'])} (n={p['n']})")
     lines += ["", "ratios"]
     for q in result["ratios"]:
         lines.append(f"{q['site']:9s} {q['numerator']} / {q['denominator']}: {tables.fmt(q['ratio'])} (paper >= {q['target']:.2f})")

@@ -1,7 +1,8 @@
 """A PNG with one axial slice per site: the T2 image with the tumour outline (matplotlib contour).
 
 Per site the case (among its first few with a mask) and axial slice with the largest tumour
-cross-section is shown, with its primary mask (reference, or first expert); ``docs/img/synth_sites.png`` is made by ``plgg-fl synth OUT --preview PNG``.
+cross-section is shown, with its primary mask (reference, or first expert); ``docs/img/synth_sites.png`` is made by
+``plgg-fl synth OUT --preview PNG``.
 """
 
 from __future__ import annotations
