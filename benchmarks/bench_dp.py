@@ -29,7 +29,7 @@ SETTINGS = {
     "percentile_p90": ({"kind": "percentile", "percentile": 90, "gamma": 0.01},
                        "percentile: send only the 10 % largest |diff|, clip 0.01/step"),
     "svt_brats18": ({"kind": "svt", "fraction": 0.1, "epsilon": 0.1, "noise_var": 0.1, "gamma": 1e-5, "tau": 1e-6},
-                    "SVT, NVFlare defaults = the BraTS 2018 study: 10 % sent, clip 1e-5/step, noise scale 2e-4/step"),
+                    "SVT at NVFlare's default arguments: 10 % sent, clip 1e-5/step, noise scale 2e-4/step"),
     "svt_f50_nv1": ({"kind": "svt", "fraction": 0.5, "epsilon": 1.0, "noise_var": 1.0, "gamma": 1e-3, "tau": 1e-6},
                     "SVT: 50 % sent, clip 1e-3/step, noise scale 2e-3/step (more noise)"),
     "svt_f50_nv10": ({"kind": "svt", "fraction": 0.5, "epsilon": 1.0, "noise_var": 10.0, "gamma": 1e-3, "tau": 1e-6},
