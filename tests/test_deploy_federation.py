@@ -13,7 +13,9 @@ processes from their startup kits (each site finds the tiny synthetic cohort thr
 * a site client restarted mid-round (as its start script does after a crash) fails the job, naming
   the site, within the stage's round timeout;
 * the committed ``jobs/plgg_evaluate`` (no model named) fails, saying so, instead of completing empty;
-* a job shipping a changed client script is refused by the sites (``PinnedClientCode``).
+* a job shipping a changed client script is refused by the sites (``PinnedClientCode``);
+* a server restarted mid-job ends that job (``FINISHED:ABNORMAL``, with the reason) instead of leaving it
+  RUNNING for ever.
 
 Every process started here is stopped by the fixture's finalizer, also when a test fails.
 """
@@ -238,3 +240,25 @@ def test_a_job_with_a_changed_client_script_is_refused_at_the_site(fed):
     site_log = (fed.kits.clients["brats"] / out.job_id / "log.txt").read_text(errors="replace", encoding="utf-8")
     assert "site policy PinnedClientCode" in site_log and "job refused" in site_log
     assert "round 0: val_dice" not in site_log  # nothing was trained
+
+
+def test_a_server_restarted_mid_job_ends_the_job_saying_why(fed):
+    """NVFlare 2.9 does not resume a job after a server restart and left it RUNNING for ever (measured:
+    still RUNNING 5 min after the restart); the server's EndOrphanedJobs ends it on start-up."""
+    from plgg_fl.deploy.restart import END_REASON_KEY
+
+    cfg = _derived_config(fed, "server_restart", finetune={"local_steps": 20, "num_rounds": 3, "round_timeout_s": 900})
+    job_id = fed.lead.submit_job(str(api.prepare_stage_job("plgg_finetune", cfg, fed.tmp / "server_restart")))
+    _wait_training(fed, job_id, "cbtn")
+    fed.lead.close()
+    fed.lead = None
+    fed.server.kill()
+    t_restart = time.monotonic()
+    fed.server.start()
+    fed.lead = api.open_session(fed.kits.admins[fed.kits.admin_with_role("lead")], timeout=120)
+    meta = api.follow(fed.lead, job_id, timeout=180, echo=print)
+    ended_after = time.monotonic() - t_restart
+    assert meta["status"] == "FINISHED:ABNORMAL", meta["status"]
+    assert "does not resume a job after a server restart" in meta.get(END_REASON_KEY, ""), meta
+    assert ended_after < 150, f"ended {ended_after:.0f}s after the restart"
+    wait_until(lambda: len(_connected(fed)) == len(fed.kits.clients), 120, 1, "every site to reconnect")

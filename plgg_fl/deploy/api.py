@@ -25,6 +25,8 @@ from pathlib import Path
 
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
+from plgg_fl.deploy.restart import END_REASON_KEY
+
 log = logging.getLogger(__name__)
 
 TERMINAL_PREFIX = "FINISHED"
@@ -75,6 +77,8 @@ def follow(session: Session, job_id: str, timeout: float = 0.0, poll: float = 2.
             echo(f"[{time.monotonic() - start:6.0f}s] job {job_id} ({meta.get('name', '')}): {status}")
             last = status
         if status.startswith(TERMINAL_PREFIX):
+            if meta.get(END_REASON_KEY):  # ended by the server, not by the job (plgg_fl.deploy.restart)
+                echo(f"job {job_id}: {meta[END_REASON_KEY]}")
             return meta
         if 0 < timeout < time.monotonic() - start:
             echo(f"job {job_id} still {status} after {timeout:.0f}s: aborting it")

@@ -144,7 +144,8 @@ def set_server_resources(
     """Write the server's ``local/resources.json``: ``plgg_fl`` on its component allow-list (next to
     NVFlare's defaults: the server builds ``PinnedFedAvg``, ``SiteOrderAggregator`` and
     ``CheckpointLocator`` from the job config), job store and snapshots under ``storage_root``,
-    client heartbeat timeout (seconds); the rest as in the kit's ``resources.json.default``."""
+    client heartbeat timeout (seconds), :class:`plgg_fl.deploy.restart.EndOrphanedJobs` (a restarted
+    server ends the jobs it interrupted); the rest as in the kit's ``resources.json.default``."""
     from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 
     local = Path(server_kit) / "local"
@@ -159,6 +160,9 @@ def set_server_resources(
                 comp["args"]["uri_root"] = str(root / "jobs-storage")
     if heartbeat_timeout:
         res["servers"][0]["heart_beat_timeout"] = float(heartbeat_timeout)
+    # a restarted server ends the jobs it interrupted (NVFlare 2.9 would leave them RUNNING for ever)
+    res["components"] = [c for c in res["components"] if c.get("id") != "end_orphaned_jobs"] + [
+        {"id": "end_orphaned_jobs", "path": "plgg_fl.deploy.restart.EndOrphanedJobs", "args": {}}]
     out = local / "resources.json"
     out.write_text(json.dumps(res, indent=2), encoding="utf-8")
     return out
