@@ -7,7 +7,8 @@ processes from their startup kits (each site finds the tiny synthetic cohort thr
 * the member may look but is refused when submitting;
 * the lead runs the stepwise chain (stage 1 -> 2 -> 3 -> evaluation), each stage starting from the
   previous global model, and the results hold the global models and per-site evaluation metrics;
-* a site with broken data fails the job, and the result names the site and the reason;
+* a site with broken data fails the job, and the result names the site and the reason - without the
+  site's paths (the site's log configuration redacts them before logs are streamed);
 * a site killed during a round fails the job naming the site (no hang past the dead-site timeout,
   no COMPLETED with fewer sites), and after the site restarts the federation runs the next job;
 * a site client restarted mid-round (as its start script does after a crash) fails the job, naming
@@ -160,6 +161,11 @@ def test_bad_site_data_fails_the_job_naming_the_site(fed):
     errors = api.site_errors(out.result_dir)  # from the site logs streamed to the server
     assert list(errors) == ["brats"], errors
     assert "manifest" in " ".join(errors["brats"]).lower(), errors
+    # what the site streamed names no file of the site (paths redacted at the site: sites/<site>/local/log_config.json)
+    streamed = {f.name: f.read_text(errors="replace", encoding="utf-8") for f in (out.result_dir / "site_logs").glob("*")
+                if f.name.split(".")[0] in fed.kits.clients}  # (server.log.txt is the server's own)
+    assert streamed and all(str(fed.tmp) not in t for t in streamed.values()), [n for n, t in streamed.items() if str(fed.tmp) in t]
+    assert any("<path>" in t for t in streamed.values())
 
 
 def test_site_killed_mid_round_ends_job_and_federation_recovers(fed):
