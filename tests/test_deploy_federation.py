@@ -138,6 +138,11 @@ def test_lead_runs_the_stepwise_chain(fed):
     for site in ("cbtn", "dfci_bch"):
         site_log = (fed.kits.clients[site] / outs[1].job_id / "log.txt").read_text(errors="replace", encoding="utf-8")
         assert "site policy ModelAndScalarsOnly" in site_log, site
+        assert "site policy AnalyticsScalarsOnly: only named scalar" in site_log, site  # in force at the site
+        assert "site policy AnalyticsScalarsOnly: stopped" not in site_log, site  # the study's own scalars pass
+    # ... and its tracking stream, filtered at the site (AnalyticsScalarsOnly), still reached the server
+    tb_sites = {f.parent.name for f in outs[1].result_dir.rglob("events.out.tfevents*") if f.stat().st_size > 0}
+    assert {"cbtn", "dfci_bch"} <= tb_sites, sorted(str(f) for f in outs[1].result_dir.rglob("*tfevents*"))
 
     results = json.loads(next(outs[3].result_dir.rglob("cross_val_results.json")).read_text(encoding="utf-8"))
     assert {"cbtn", "dfci_bch"} <= set(results), results

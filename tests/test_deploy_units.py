@@ -190,3 +190,55 @@ def test_pinned_client_code_accepts_the_installed_script_and_refuses_a_changed_o
     assert pin.refusal(str(tmp_path / "no_script")) is None  # nothing to run, nothing to refuse
     listed = PinnedClientCode(allow_sha256=[PinnedClientCode.sha256(str(changed / "client.py")).upper()])
     assert listed.refusal(str(changed)) is None and listed.refusal(str(same)) is not None  # the site's list, only
+
+
+def _analytics_event(tag, value, data_type="SCALAR", **extra):
+    from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
+    from nvflare.apis.fl_constant import EventScope, FLContextKey
+
+    data = AnalyticsData(key=tag, value=value, data_type=AnalyticsDataType(data_type), step=1).to_dxo()
+    data.data.update(extra)
+    shareable = data.to_shareable()
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.EVENT_DATA, shareable, private=True, sticky=False)
+    ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.FEDERATION, private=True, sticky=False)
+    return shareable, ctx
+
+
+def test_the_tracking_stream_lets_only_named_scalars_leave(tmp_path, monkeypatch):
+    """NVFlare's own analytics objects through the site component, as the job process fires them: a
+    tag naming a case, a text, an image or a path is stopped before NVFlare's sender sees it."""
+    from nvflare.apis.fl_constant import FedEventHeader
+
+    from plgg_fl.deploy.filters import AnalyticsScalarsOnly
+    from plgg_fl.synth import generate_cohort
+
+    manifests = generate_cohort(tmp_path / "cohort", size="tiny", sites=["cbtn"], progress=False)
+    monkeypatch.setenv("PLGG_FL_MANIFEST_CBTN", str(manifests["cbtn"]))
+    from plgg_fl.data.manifest import load_manifest
+
+    key = load_manifest(manifests["cbtn"]).cases[0].key
+    comp = AnalyticsScalarsOnly()
+    cases = [
+        (("val_dice", 0.81), True), (("train/excluded/unreadable", 2.0), True),
+        (("train_loss", {"cbtn": 0.3, "mean": 0.2}, "SCALARS"), True),
+        ((f"dice/{key}", 0.7), False), ((key, 0.7), False), (("val_dice", float("nan")), False),
+        (("note", "tumour of " + key, "TEXT"), False), (("val_dice", 0.5, "SCALAR"), False, {"path": "/data/x.nii.gz"}),
+        (("per_case", {key: 0.7}, "SCALARS"), False),
+    ]
+    for args, leaves, *extra in cases:
+        shareable, ctx = _analytics_event(*args, **(extra[0] if extra else {}))
+        comp.handle_event("fed.analytix_log_stats", ctx)
+        assert (shareable.get_header(FedEventHeader.DIRECTION, "out") == "out") is leaves, args
+    assert comp.stopped == 6
+
+
+def test_the_sites_privacy_policy_adds_the_tracking_filter_to_every_job(tmp_path):
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "startup").mkdir()
+    (tmp_path / "local" / "privacy.json").write_text((SITES_DIR / "cbtn" / "local" / "privacy.json").read_text(encoding="utf-8"))
+    mgr = create_privacy_manager(Workspace(str(tmp_path), "cbtn"), names_only=False)
+    assert [type(c).__name__ for c in mgr.components.values()] == ["AnalyticsScalarsOnly"]

@@ -1,4 +1,5 @@
-"""The result filter every site enforces on every job (named in ``sites/<site>/local/privacy.json``).
+"""The result filter every site enforces on every job (named in ``sites/<site>/local/privacy.json``),
+and the same policy on the experiment-tracking stream (:class:`AnalyticsScalarsOnly`).
 
 :class:`ModelAndScalarsOnly` runs on the client after the job's own filters, as the last thing before
 a task result leaves the site, and lets through only
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import numpy as np
+from nvflare.apis.analytix import TrackConst
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.filter import Filter
-from nvflare.apis.fl_constant import FLMetaKey
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, FLMetaKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
@@ -209,3 +213,86 @@ class PinnedClientCode(Filter):
             self.log_error(fl_ctx, self._checked[job_id])
             raise PermissionError(self._checked[job_id])
         return shareable
+
+
+class AnalyticsScalarsOnly(FLComponent):
+    """Site policy on the experiment-tracking stream: only named scalar metrics leave the site.
+
+    A job's ``SummaryWriter`` / ``flare.log`` calls become NVFlare analytics events that the job's
+    ``ConvertToFedEvent`` turns into federation events, sent to the server outside the task-result
+    filters. This component (a ``components`` entry of the site's ``privacy.json``: NVFlare adds it to
+    every job process, ahead of the sender) inspects every outgoing analytics event and stops it at
+    the site unless it is a SCALAR/METRIC number (or SCALARS/METRICS dict of numbers) whose tag (and
+    dict keys) is a plain metric name - letters, digits, ``_ . / -``, at most 100 characters - naming
+    none of the site's case keys, with no file path and no extra payload. A stopped event is counted
+    in the site log (never its content, which may be what must not leave).
+    """
+
+    NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,99}$")
+    SCALAR_TYPES = {"SCALAR", "METRIC"}
+    DICT_TYPES = {"SCALARS", "METRICS"}
+
+    def __init__(self):
+        super().__init__()
+        self._keys: set[str] | None = None
+        self.stopped = 0
+        self._announced = False
+
+    def _case_keys(self) -> set[str]:
+        if self._keys is None:
+            from plgg_fl.deploy.redact import site_case_keys
+
+            try:
+                self._keys = set(site_case_keys())
+            except Exception:
+                self._keys = set()
+        return self._keys
+
+    def _safe_name(self, name) -> bool:
+        if not isinstance(name, str) or not self.NAME.match(name):
+            return False
+        parts = set(re.split(r"[./-]", name)) | {name}
+        return not any(k in name for k in self._case_keys()) and not (parts & self._case_keys())
+
+    def why_stopped(self, dxo) -> str | None:
+        """None when the analytics DXO may leave; else a reason without its content."""
+        data, kind = dxo.data or {}, str(getattr(dxo.get_meta_prop(TrackConst.DATA_TYPE_KEY), "value",
+                                                 dxo.get_meta_prop(TrackConst.DATA_TYPE_KEY)))
+        extra = set(data) - {TrackConst.TRACK_KEY, TrackConst.TRACK_VALUE, TrackConst.GLOBAL_STEP_KEY, TrackConst.KWARGS_KEY}
+        if extra or data.get(TrackConst.PATH_KEY):
+            return "extra payload"
+        if data.get(TrackConst.KWARGS_KEY) and not (isinstance(data[TrackConst.KWARGS_KEY], dict)
+                                                     and all(is_scalar(v) for v in data[TrackConst.KWARGS_KEY].values())):
+            return "non-numeric arguments"
+        if not self._safe_name(data.get(TrackConst.TRACK_KEY)):
+            return "tag is not a plain metric name or names a case"
+        value = data.get(TrackConst.TRACK_VALUE)
+        if kind in self.SCALAR_TYPES:
+            return None if is_scalar(value) else "value is not a finite number"
+        if kind in self.DICT_TYPES:
+            ok = isinstance(value, dict) and all(self._safe_name(k) and is_scalar(v) for k, v in value.items())
+            return None if ok else "values are not named finite numbers"
+        return f"data type {kind} (only scalars leave)"
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if fl_ctx.get_prop(FLContextKey.EVENT_SCOPE, EventScope.LOCAL) != EventScope.FEDERATION:
+            return
+        data = fl_ctx.get_prop(FLContextKey.EVENT_DATA, None)
+        if not isinstance(data, Shareable) or data.get_header(FedEventHeader.DIRECTION, "out") != "out":
+            return
+        try:
+            dxo = from_shareable(data)
+        except Exception:
+            return
+        if dxo.data_kind != DataKind.ANALYTIC:
+            return
+        if not self._announced:  # once per job process: the site log shows the policy is in force
+            self.log_info(fl_ctx, "site policy AnalyticsScalarsOnly: only named scalar metrics leave on the tracking stream")
+            self._announced = True
+        why = self.why_stopped(dxo)
+        if why:
+            # the sender (NVFlare's FedEventRunner, after this component) sends outgoing events only
+            data.set_header(FedEventHeader.DIRECTION, "stopped_by_site_policy")
+            self.stopped += 1
+            self.log_warning(fl_ctx, f"site policy AnalyticsScalarsOnly: stopped an analytics event ({why}); "
+                                     f"{self.stopped} stopped in this job")
