@@ -26,7 +26,9 @@ SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "plgg_fl", 
 
 
 def _run(cmd, cwd, env, timeout=600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    # progress bars are UTF-8 whatever the locale (CI may run under an ASCII one)
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout)
     assert proc.returncode == 0, f"{cmd} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
