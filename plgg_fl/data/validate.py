@@ -81,9 +81,6 @@ class CheckReport:
     def unusable_keys(self) -> set[str]:
         return {p.case for p in self.errors}
 
-    def is_usable(self, case: Case) -> bool:
-        return case.key not in self.unusable_keys()
-
     def checked_cases(self) -> list[Case]:
         return [c for c in self.manifest.cases if c.split in self.splits]
 

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import psutil
 
+from plgg_fl.bundled import SOURCE_ROOT
+
 log = logging.getLogger(__name__)
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds plgg_fl/
+PACKAGE_ROOT = str(SOURCE_ROOT)  # the folder that holds plgg_fl/ (a checkout, or site-packages)
 
 
 def free_port() -> int:

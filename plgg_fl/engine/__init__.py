@@ -23,7 +23,6 @@ _EXPORTS = {
     "encoder_decoder_keys": "networks",
     "freeze_encoder": "networks",
     "load_received_weights": "networks",
-    "unfreeze_encoder": "networks",
     "Trainer": "train",
     "evaluate_cases": "evaluate",
 }

@@ -112,6 +112,12 @@ def dice(pred: Any, ref: Any) -> float:
     return float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
 
 
+def finite_number(value) -> bool:
+    """A finite real ``int``/``float`` (bools excluded): what may go into a metrics table or leave a site
+    as a metric."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def describe(values: Iterable[float]) -> dict[str, float | int]:
     """median, q1, q3, mean, sd (ddof=1) over the defined (non-NaN) values; n and n_undefined."""
     v = np.asarray([float(x) for x in values], dtype=float)

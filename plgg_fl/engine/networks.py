@@ -222,12 +222,3 @@ def freeze_encoder(model: PlggUNet) -> PlggUNet:
     model.encoder_frozen = True
     model.train(model.training)
     return model
-
-
-def unfreeze_encoder(model: PlggUNet) -> PlggUNet:
-    """Undo :func:`freeze_encoder`."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.encoder_frozen = False
-    model.train(model.training)
-    return model

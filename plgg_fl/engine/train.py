@@ -2,8 +2,9 @@
 
 One :class:`Trainer` lives for a whole FL client process: ``train_steps(n)`` may be called once per
 round; optimizer momentum and the poly LR schedule carry on between calls. New global weights are
-loaded with ``trainer.model.load_state_dict(sd)`` (or :meth:`Trainer.load_weights`), which copies
-into the existing parameter tensors, so the optimizer keeps pointing at the right tensors.
+loaded into ``trainer.model`` in place (the FL client uses
+:func:`plgg_fl.engine.networks.load_received_weights`), which copies into the existing parameter
+tensors, so the optimizer keeps pointing at the right tensors.
 """
 
 from __future__ import annotations
@@ -166,10 +167,6 @@ class Trainer:
             self.transform = self._chain(self.cfg.augment)  # past the switch-on step: augmentation is on
             self.dataset.transform = self.transform
             self._batches = self._forever()
-
-    def load_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Copy ``state_dict`` into the model in place (optimizer state and freeze are kept)."""
-        self.model.load_state_dict(state_dict, strict=strict)
 
     def loss(self, outputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """DiceCE on the full-resolution output, or nnU-Net-weighted over the deep-supervision outputs.

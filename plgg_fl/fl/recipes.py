@@ -52,7 +52,6 @@ from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, Rememb
 #: create ``custom/plgg_fl/``, a namespace package that shadows an editable install at the sites.
 CLIENT_SCRIPT = "client.py"
 SCRIPT_DIR = Path(__file__).resolve().parent
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
 JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plgg_fl.bundled import SOURCE_ROOT
 from plgg_fl.cliopts import add_aliased
 from plgg_fl.fl import recipes
 
@@ -91,7 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 1 if drift else 0
     for path in export_jobs(out, config, args.stage, args.initial_ckpt, models or None):
         print(f"exported {path}")
-    if args.initial_ckpt is None and not models and out.resolve() != (recipes.PACKAGE_ROOT / "jobs").resolve():
+    if args.initial_ckpt is None and not models and out.resolve() != (SOURCE_ROOT / "jobs").resolve():
         print("note: no --init / --model given: training jobs start from the model class, plgg_evaluate has no model",
               file=sys.stderr)
     return 0

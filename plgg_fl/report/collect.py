@@ -26,7 +26,6 @@ stay None (labelled "tolerance not recorded") when neither has it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import yaml
 
 from plgg_fl.engine.evaluate import read_rows
+from plgg_fl.engine.metrics import finite_number
 from plgg_fl.errors import CommandError
 from plgg_fl.pipeline.config import METHODS
 from plgg_fl.pipeline.status import unfinished_reason
@@ -126,7 +126,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        elif finite_number(v):
             out[f"{prefix}{k}"] = float(v)
     return out
 

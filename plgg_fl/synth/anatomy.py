@@ -91,11 +91,6 @@ def t2_template(weights: tuple[float, float, float], blur_mm: tuple[float, float
     return img
 
 
-def mni_to_index(points_mm: np.ndarray) -> np.ndarray:
-    """MNI mm (..., 3) -> fractional template voxel indices (..., 3); the template is 1 mm, axis-aligned."""
-    return np.asarray(points_mm, dtype=np.float32) - load_tissues().origin_mm.astype(np.float32)
-
-
 def sample(volume: np.ndarray, coords_mm: tuple[np.ndarray, np.ndarray, np.ndarray], order: int = 1) -> np.ndarray:
     """Sample a template-grid ``volume`` at MNI mm coordinates ``coords_mm`` (three equal-shape arrays)."""
     o = load_tissues().origin_mm

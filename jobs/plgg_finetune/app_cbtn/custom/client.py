@@ -33,6 +33,7 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
+from plgg_fl.engine.metrics import finite_number
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -83,7 +84,7 @@ def scalar_metrics(summary: dict, prefix: str = "", min_cases: int = 1) -> dict[
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(scalar_metrics(value, prefix=f"{name}/", min_cases=min_cases))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        elif finite_number(value):
             out[name] = float(value)
     return out
 
