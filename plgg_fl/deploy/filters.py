@@ -249,10 +249,7 @@ class AnalyticsScalarsOnly(FLComponent):
         return self._keys
 
     def _safe_name(self, name) -> bool:
-        if not isinstance(name, str) or not self.NAME.match(name):
-            return False
-        parts = set(re.split(r"[./-]", name)) | {name}
-        return not any(k in name for k in self._case_keys()) and not (parts & self._case_keys())
+        return isinstance(name, str) and bool(self.NAME.match(name)) and not any(k in name for k in self._case_keys())
 
     def why_stopped(self, dxo) -> str | None:
         """None when the analytics DXO may leave; else a reason without its content."""

@@ -71,9 +71,10 @@ class RememberGlobalModel(Filter):
         except Exception:
             return shareable
         if dxo.data_kind == DataKind.WEIGHTS and dxo.data:
+            arrays = {k: as_array(v) for k, v in dxo.data.items()}
             with _LOCK:
-                _GLOBAL[fl_ctx.get_job_id()] = {k: np.array(as_array(v), dtype=np.float32 if as_array(v).dtype.kind == "f"
-                                                             else None, copy=True) for k, v in dxo.data.items()}
+                _GLOBAL[fl_ctx.get_job_id()] = {k: a.astype(np.float32 if a.dtype.kind == "f" else a.dtype, copy=True)
+                                                for k, a in arrays.items()}
         return shareable
 
 
