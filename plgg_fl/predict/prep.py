@@ -12,6 +12,8 @@ weights, which this package never fetches. HD-BET or SynthStrip, run beforehand,
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from plgg_fl.predict.io import InputError, Scan
@@ -118,6 +120,42 @@ def brain_box(brain: np.ndarray, affine: np.ndarray, margin_mm: float) -> tuple[
         pad = int(np.ceil(margin_mm / spacing[ax]))
         box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, brain.shape[ax])))
     return tuple(box)
+
+
+def lattice_box(box: tuple[slice, ...], shape: tuple[int, ...], affine: np.ndarray, spacing_mm: Sequence[float] | None,
+                orientation: str = "RAS", max_step: int = 64) -> tuple[slice, ...]:
+    """``box`` grown so that resampling the cut-out gives exactly the samples the whole image gives.
+
+    MONAI's ``Spacingd`` anchors its output grid at the first voxel of the reoriented image. Cutting a
+    box out moves that voxel; unless it moves by a whole number of output voxels, every resampled value
+    shifts and the mask changes (Dice 0.94-0.97 against the uncut path on the demo cohort, 3.2 mm slices
+    resampled to 2 mm). Per array axis this moves the box's anchoring side (its start, or its end where
+    the reorientation flips the axis) outwards to the nearest multiple of ``k`` input voxels, ``k`` the
+    smallest step with ``k * input spacing`` a whole multiple of the model's spacing (mm). Where no step
+    of at most ``max_step`` voxels exists the axis is not cut. ``spacing_mm`` None (no resampling): the
+    box is returned unchanged.
+    """
+    if not spacing_mm:
+        return box
+    import nibabel as nib
+
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(orientation)))
+    spacing_in = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    out = []
+    for ax, (sl, n) in enumerate(zip(box, shape)):
+        target = float(spacing_mm[int(ornt[ax, 0])])
+        step = next((k for k in range(1, min(max_step, n) + 1) if _whole(k * spacing_in[ax] / target)), None)
+        if step is None:
+            out.append(slice(0, n))
+        elif ornt[ax, 1] > 0:
+            out.append(slice(sl.start // step * step, sl.stop))
+        else:
+            out.append(slice(sl.start, n - (n - sl.stop) // step * step))
+    return tuple(out)
+
+
+def _whole(x: float, tol: float = 1e-4) -> bool:
+    return abs(x - round(x)) <= tol * max(1.0, abs(x))
 
 
 def crop_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:

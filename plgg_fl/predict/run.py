@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from plgg_fl.predict.io import InputError, ScanInput, SetupError, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
 from plgg_fl.predict.naming import attach_brain_masks, check_outputs, drop_repeats, make_keys_unique, output_paths
-from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, n4_correct
+from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, lattice_box, n4_correct
 from plgg_fl.predict.runlog import FILE_LOG, run_log
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,9 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
         raise InputError(item.path, item.brain_mask_error)
     scan, brain, image = _checked_input(item, cfg, opts)
     crop = cfg.crop_to_brain if opts.crop is None else opts.crop
-    box = brain_box(brain, scan.affine, opts.margin_mm) if crop else tuple(slice(0, n) for n in scan.shape)
+    box = tuple(slice(0, n) for n in scan.shape)
+    if crop:
+        box = lattice_box(brain_box(brain, scan.affine, opts.margin_mm), scan.shape, scan.affine, cfg.spacing_mm, cfg.orientation)
     sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
     pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
     mask = _paste(pred.mask, box, brain, np.uint8)
