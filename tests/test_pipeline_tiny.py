@@ -174,6 +174,8 @@ def test_method_models_are_engine_checkpoints_that_export_and_predict(tiny_run, 
     assert cfg.preset == "tiny" and tuple(cfg.spacing_mm) == tuple(tiny_run["cfg"].stages["decoder"].options.train["spacing_mm"])
     assert [j["job"] for j in meta["jobs"]] == ["brats_pretrain", "plgg_finetune", "plgg_decoder"]
     assert set(meta["test_metrics"]) == {"cbtn", "dfci_bch"}
+    assert set(meta["training_data"]) == {"brats", "cbtn", "dfci_bch"}  # the sites of the three jobs
+    assert all(v.startswith("synthetic: plgg_fl.synth") and "'tiny' cohort" in v for v in meta["training_data"].values())
 
     case = load_manifest(tiny_run["cfg"].cohort_dir / "cbtn" / "manifest.yaml").split("test")[0]
     exported = export_model(out / "models" / "stepwise.pt", tmp_path / "export")

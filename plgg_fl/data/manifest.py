@@ -240,3 +240,18 @@ def manifest_from_dict(data: Any, base_dir: Path, origin: str = "<manifest>") ->
         label_values=tuple(int(v) for v in labels),
         source=data.get("source"),
     )
+
+
+def data_provenance(manifest_path: str | Path) -> str:
+    """One line saying what a site's data is, for model cards: ``synthetic (...)`` when the manifest
+    sits next to the ``cohort.json`` that :mod:`plgg_fl.synth` writes, else the site's own data. Names
+    no path or case (it travels with the model)."""
+    marker = Path(manifest_path).parent / "cohort.json"
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    except (OSError, ValueError):
+        info = {}
+    if isinstance(info, dict) and info.get("generator") == "plgg_fl.synth":
+        return (f"synthetic: plgg_fl.synth {info.get('generator_version', '?')} '{info.get('size', '?')}' cohort, "
+                f"seed {info.get('seed', '?')} (not patient data)")
+    return "the site's own scans (read from its manifest; not synthetic)"

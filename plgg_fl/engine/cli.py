@@ -119,6 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from plgg_fl.engine import PlggUNet, TrainConfig, Trainer, save_checkpoint
+    from plgg_fl.data.manifest import data_provenance
     from plgg_fl.engine.checkpoint import read_checkpoint
     from plgg_fl.engine.networks import count_parameters
 
@@ -166,7 +167,8 @@ def _train(args: argparse.Namespace) -> int:
              cfg.patch_size, cfg.spacing_mm, cfg.max_steps, cfg.torch_device())
     trainer = Trainer(model, cfg, train_cases, freeze_encoder=args.freeze_encoder, progress=not args.no_progress)
     best = {"val_dice": -1.0}
-    meta = {"site": manifest.site, "freeze_encoder": args.freeze_encoder, "init": str(args.init) if args.init else None}
+    meta = {"site": manifest.site, "freeze_encoder": args.freeze_encoder, "init": str(args.init) if args.init else None,
+            "training_data": {manifest.site: data_provenance(args.manifest)}}
     if resume:
         trainer.restore_training_state(resume)
         if (out / "best.pt").is_file():  # keep the earlier best unless this run beats it

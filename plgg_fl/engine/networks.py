@@ -83,6 +83,30 @@ def preset_args(preset: str, **overrides: Any) -> dict[str, Any]:
     return args
 
 
+def dynunet_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """MONAI ``DynUNet`` keyword arguments (plain values, JSON-safe) for resolved preset ``args``.
+
+    PlggUNet builds its DynUNet from these; ``plgg-fl export --format monai-bundle`` writes them
+    into the bundle's config, so MONAI's own DynUNet rebuilds the same network.
+    """
+    norm, norm_args = _NORMS[args["norm"]]
+    return dict(
+        spatial_dims=3,
+        in_channels=int(args["in_channels"]),
+        out_channels=int(args["out_channels"]),
+        kernel_size=list(args["kernel_size"]),
+        strides=list(args["strides"]),
+        upsample_kernel_size=list(args["strides"][1:]),
+        filters=list(args["filters"]),
+        dropout=args["dropout"],
+        norm_name=[norm, dict(norm_args)],
+        act_name=["leakyrelu", {"inplace": True, "negative_slope": 0.01}],
+        deep_supervision=bool(args["deep_supervision"]),
+        deep_supr_num=int(args["deep_supr_num"]),
+        res_block=bool(args["res_block"]),
+    )
+
+
 class PlggUNet(DynUNet):
     """3D U-Net (MONAI DynUNet) for whole-tumour segmentation; see the module docstring for layout.
 
@@ -94,21 +118,7 @@ class PlggUNet(DynUNet):
 
     def __init__(self, preset: str = "small", **overrides: Any):
         args = preset_args(preset, **overrides)
-        super().__init__(
-            spatial_dims=3,
-            in_channels=args["in_channels"],
-            out_channels=args["out_channels"],
-            kernel_size=list(args["kernel_size"]),
-            strides=list(args["strides"]),
-            upsample_kernel_size=list(args["strides"][1:]),
-            filters=list(args["filters"]),
-            dropout=args["dropout"],
-            norm_name=_NORMS[args["norm"]],
-            act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
-            deep_supervision=bool(args["deep_supervision"]),
-            deep_supr_num=int(args["deep_supr_num"]),
-            res_block=bool(args["res_block"]),
-        )
+        super().__init__(**dynunet_kwargs(args))
         del self.skip_layers  # aliases of the blocks below; forward() walks them explicitly
         self.preset = preset
         self.init_args: dict[str, Any] = {"preset": preset, **copy.deepcopy(overrides)}

@@ -31,6 +31,20 @@ def _chain(method: str) -> list[tuple[str, str]]:
     return CHAINS.get(method, [_S1, (method, "in_process")])  # pooled, local_only[<site>]: stage 1 + engine
 
 
+def training_data(cfg: PipelineConfig, jobs: list[dict]) -> dict[str, str]:
+    """``{site: what its data is}`` for every site of ``jobs`` (a stage 1 reused from a file says so)."""
+    from plgg_fl.data.manifest import data_provenance
+
+    out: dict[str, str] = {}
+    for job in jobs:
+        if job.get("reused"):
+            out[f"{job['job']} (not trained in this run)"] = f"reused from {Path(job['reused']).name}"
+            continue
+        for site in job["sites"]:
+            out.setdefault(site, data_provenance(cfg.cohort_dir / site / "manifest.yaml"))
+    return out
+
+
 def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: list[dict], evaluation: dict,
                         out_dir: Path) -> dict[str, Path]:
     """Write ``out_dir/<method>.pt`` for every method in ``models``; returns method -> path."""
@@ -55,6 +69,7 @@ def write_method_models(cfg: PipelineConfig, models: dict[str, Path], stages: li
             "test_metrics": {site: {k: v for k, v in per.get(method, {}).items() if "dice" in k.lower()}
                              for site, per in evaluation.items()},
             "source_checkpoint": path.name,
+            "training_data": training_data(cfg, jobs),
         }
         written[method] = save_checkpoint(out_dir / f"{method}.pt", model, tcfg, step=0, meta=meta)
     return written

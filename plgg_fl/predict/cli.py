@@ -48,11 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
 
-    e = sub.add_parser("export", help="export a checkpoint to torch.export weights + model card JSON",
-                       description="Writes OUT/model.pt2 (torch.export program) and OUT/model_card.json for `plgg-fl predict`.")
+    e = sub.add_parser("export", help="export a checkpoint for inference: torch.export + model card, or a MONAI bundle",
+                       description=(
+                           "--format plgg-fl (default): OUT/model.pt2 (torch.export program) and OUT/model_card.json for "
+                           "`plgg-fl predict`. --format monai-bundle: a MONAI bundle (configs/inference.json, "
+                           "configs/metadata.json, models/model.pt, docs/README.md) that `python -m monai.bundle run` "
+                           "executes with MONAI alone."))
     e.add_argument("--model", "-m", metavar="CKPT", help="engine checkpoint (.pt) to export")
-    e.add_argument("--out", "-o", metavar="DIR", help="output folder (model.pt2, model_card.json)")
-    e.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)  # old form: plgg-fl export CKPT OUT
+    e.add_argument("--out", "-o", metavar="DIR", help="output folder (or give it as the one positional argument)")
+    e.add_argument("--format", "-f", dest="fmt", choices=("plgg-fl", "monai-bundle"), default="plgg-fl",
+                   help="plgg-fl: torch.export + model card (default); monai-bundle: a MONAI bundle")
+    e.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)  # DIR with --model, or the old form CKPT OUT
     e.add_argument("--overwrite", action="store_true", help="replace an existing export (default: refuse)")
     e.set_defaults(func=_export)
 
@@ -83,19 +89,24 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from plgg_fl.predict.bundle import export_bundle
     from plgg_fl.predict.export import export_model
 
     model, out_dir = _export_paths(args)
+    write = export_bundle if args.fmt == "monai-bundle" else export_model
     try:
-        out = export_model(model, out_dir, overwrite=args.overwrite)
+        out = write(model, out_dir, overwrite=args.overwrite)
     except (OSError, ValueError) as exc:
         raise _setup_error(exc) from None
-    print(f"exported {model} -> {out}")
+    print(f"exported {model} -> {out}" + (f"\nrun it: python -m monai.bundle run --config_file {out}/configs/inference.json "
+                                          f"--bundle_root {out} --dataset_dir SCANS --output_dir OUT" if args.fmt == "monai-bundle" else ""))
     return 0
 
 
 def _export_paths(args: argparse.Namespace) -> tuple[str, str]:
-    """``--model`` and ``--out``, or the old positional form ``CKPT OUT``; not both, nothing missing."""
+    """``--model CKPT`` with ``--out DIR`` or one positional ``DIR``, or the old form ``CKPT OUT``; nothing missing."""
+    if args.model and not args.out and len(args.legacy) == 1:
+        return args.model, args.legacy[0]
     if args.legacy and (len(args.legacy) != 2 or args.model or args.out):
         raise CommandError("give --model CKPT --out DIR")
     model, out = args.legacy if args.legacy else (args.model, args.out)

@@ -82,4 +82,5 @@ def train_blob_model(
     model = PlggUNet(preset)
     trainer = Trainer(model, cfg, cases, progress=False)
     trainer.train_steps(steps, progress=False)
-    return save_checkpoint(out, trainer.model, cfg, step=trainer.step, meta={"stage": "toy", "sites": ["blobs"]})
+    return save_checkpoint(out, trainer.model, cfg, step=trainer.step, meta={"stage": "toy", "sites": ["blobs"],
+                           "training_data": {"blobs": "synthetic blob volumes (plgg_fl.predict.toy; not patient data)"}})
