@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from plgg_fl.engine.config import TrainConfig
 from plgg_fl.engine.metrics import dice
 from plgg_fl.engine.train import autocast_context
-from plgg_fl.engine.transforms import IMAGE, preprocess
+from plgg_fl.engine.transforms import IMAGE, READER, preprocess
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Prediction:
 def _load(image: Any) -> MetaTensor:
     """Path or nibabel image -> MetaTensor [1, X, Y, Z] carrying the affine."""
     if isinstance(image, (str, Path)):
-        return LoadImage(image_only=True, ensure_channel_first=True)(str(image))
+        return LoadImage(reader=READER, image_only=True, ensure_channel_first=True)(str(image))
     if isinstance(image, nib.spatialimages.SpatialImage):
         arr = np.asarray(image.dataobj, dtype=np.float32)
         return MetaTensor(torch.from_numpy(arr)[None], affine=torch.as_tensor(image.affine, dtype=torch.float64))

@@ -9,7 +9,9 @@ predictions come back in the input's voxel grid and affine.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import Any, Sequence
 
 from monai.transforms import (
@@ -36,6 +38,14 @@ from monai.transforms import (
 from plgg_fl.engine.config import TrainConfig
 
 IMAGE, LABEL = "image", "label"
+#: Every image is read by nibabel, whatever other readers are installed (ITK would read another affine).
+READER = "NibabelReader"
+
+# MONAI's LoadImage instantiates every reader it knows. With pydicom installed (highdicom needs it),
+# its GPU DICOM decoder plugin then says at each instantiation that nvImageCodec is missing. The
+# engine reads NIfTI with nibabel only, so the message tells a user nothing: keep it out of logs.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 
 def preprocessing_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -56,7 +66,7 @@ def preprocess(cfg: TrainConfig, with_label: bool = True, load: bool = True) -> 
     keys = [IMAGE, LABEL] if with_label else [IMAGE]
     t: list = []
     if load:
-        t.append(LoadImaged(keys=keys, ensure_channel_first=True, image_only=True))
+        t.append(LoadImaged(keys=keys, reader=READER, ensure_channel_first=True, image_only=True))
     if with_label:
         t.append(AsDiscreted(keys=LABEL, threshold=0.5))  # integer labels: > 0.5 == > 0
     t += [EnsureTyped(keys=keys, dtype="float32", track_meta=True), Orientationd(keys=keys, axcodes=cfg.orientation, labels=None)]
