@@ -3,7 +3,8 @@
 Inputs: a NIfTI file (``.nii`` / ``.nii.gz``, read with nibabel - the reader MONAI's ``LoadImage``
 uses in training, so the affine is the one training saw), another single-file format SimpleITK
 reads (``.mha``, ``.nrrd``), a folder of such files, a site manifest, or a DICOM series folder
-(read with SimpleITK/GDCM; its LPS geometry is turned into a RAS affine, the NIfTI convention).
+(one series per folder, its slices checked from their headers by :mod:`plgg_fl.predict.dicom_series`,
+then read with SimpleITK/GDCM; its LPS geometry is turned into a RAS affine, the NIfTI convention).
 
 Every array here is in the file's own voxel order ``(i, j, k)`` with a 4x4 voxel -> RAS (mm) affine;
 no reorientation happens in this module (the engine's preprocessing does that and inverts it).
@@ -48,7 +49,11 @@ class InputError(ValueError):
 
 @dataclass
 class ScanInput:
-    """One thing to segment: a file, or a DICOM series (``path`` = folder, ``series_uid`` set)."""
+    """One thing to segment: a file, or a DICOM series (``path`` = folder, ``series_uid`` set).
+
+    ``error``: why this input cannot be used, found while discovering it (a folder holding two DICOM
+    series); it then fails on its own, before it is read.
+    """
 
     key: str
     path: Path
@@ -56,6 +61,7 @@ class ScanInput:
     series_uid: str | None = None
     brain_mask: Path | None = None
     brain_mask_error: str | None = None  # why no brain mask was matched (that scan then fails)
+    error: str | None = None
 
 
 @dataclass
@@ -103,17 +109,9 @@ def _is_image_file(p: Path) -> bool:
 
 
 def _dicom_series(folder: Path) -> list[ScanInput]:
-    import SimpleITK as sitk
+    from plgg_fl.predict.dicom_series import find_series  # imports this module
 
-    found: list[ScanInput] = []
-    dirs = [folder] + sorted(d for d in folder.rglob("*") if d.is_dir())
-    for d in dirs:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ()
-        for n, uid in enumerate(uids):
-            base = d.relative_to(folder).as_posix().replace("/", "_") if d != folder else folder.name
-            key = base if len(uids) == 1 else f"{base}_{n + 1}"
-            found.append(ScanInput(key=key, path=d, kind="dicom", series_uid=uid))
-    return found
+    return find_series(folder)
 
 
 def discover_inputs(source: str | Path, split: str | None = None) -> list[ScanInput]:
@@ -190,12 +188,17 @@ def _load_nifti(item: ScanInput) -> Scan:
 
 
 def _read_sitk(item: ScanInput) -> Scan:
+    """SimpleITK reader; a DICOM series' headers are checked first and kept in ``extra["dicom_headers"]`` (slice order)."""
     import SimpleITK as sitk
 
     path = item.path
+    headers = None
+    if item.kind == "dicom":
+        from plgg_fl.predict.dicom_series import series_headers
+
+        names, headers = series_headers(item)  # InputError for missing slices, mixed orientations, ...
     try:
         if item.kind == "dicom":
-            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), item.series_uid)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(names)
             img = reader.Execute()
@@ -211,7 +214,13 @@ def _read_sitk(item: ScanInput) -> Scan:
     if img.GetDimension() != 3 or min(img.GetSize()) < 2:
         raise InputError(path, f"not a 3D volume: size {img.GetSize()} (one 3D T2 image expected)")
     arr = sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0)  # (k,j,i) -> (i,j,k)
-    return Scan(item, np.ascontiguousarray(arr), sitk_affine(img), extra={"sitk_geometry": sitk_geometry(img)}, file_shape=file_shape)
+    scan = Scan(item, np.ascontiguousarray(arr), sitk_affine(img), extra={"sitk_geometry": sitk_geometry(img)}, file_shape=file_shape)
+    if headers is not None:
+        from plgg_fl.predict.dicom_series import check_stacking
+
+        check_stacking(path, headers, scan.affine, scan.shape)
+        scan.extra["dicom_headers"] = headers
+    return scan
 
 
 def sitk_affine(img) -> np.ndarray:

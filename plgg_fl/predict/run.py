@@ -118,6 +118,8 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     for p in output_paths(item, out_dir, opts.prob):
         if p.exists() and not opts.overwrite:  # fail before spending compute
             raise FileExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    if item.error:
+        raise InputError(item.path, item.error)
     if item.brain_mask_error:
         raise InputError(item.path, item.brain_mask_error)
     scan, brain, image = _checked_input(item, cfg, opts)
