@@ -1,9 +1,11 @@
-"""DICOM series inputs, built from NIfTI volumes with pydicom and predicted with a tiny model: series
-predict must refuse (missing slice, mixed orientations, two series in one folder) fail with a message
-naming the problem, and the others are still segmented."""
+"""DICOM in, DICOM SEG out: series built from NIfTI volumes with pydicom, predicted with a tiny model,
+the SEG read back (highdicom, pydicom) and compared voxel by voxel, by position, with the NIfTI mask
+predict wrote on the source grid; series predict must refuse (missing slice, mixed orientations,
+two series in one folder) fail with a message naming the problem."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from plgg_fl.predict.run import PredictOptions, predict_inputs
 from plgg_fl.predict.toy import blob_volume
 
 QUIET = dict(progress=False)
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 pytestmark = pytest.mark.usefixtures("predict_one_thread")
 
 
@@ -93,6 +96,123 @@ def blob_nifti(path: Path, grid: np.ndarray, seed: int) -> Path:
     return path
 
 
+def seg_on_nifti_grid(seg_ds, nifti: nib.Nifti1Image) -> np.ndarray:
+    """The SEG's frames placed on ``nifti``'s voxels by position alone: every pixel's LPS point (frame's
+    ImagePositionPatient, shared orientation and pixel spacing) mapped through the NIfTI affine. Each voxel must be
+    hit exactly once at an integer index."""
+    shared = seg_ds.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    d_row, d_col = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    frames = seg_ds.pixel_array.reshape(-1, seg_ds.Rows, seg_ds.Columns)
+    r, c = np.meshgrid(np.arange(seg_ds.Rows), np.arange(seg_ds.Columns), indexing="ij")
+    to_vox = np.linalg.inv(np.diag([-1.0, -1.0, 1.0, 1.0]) @ nifti.affine)  # LPS -> voxel
+    out = np.full(nifti.shape, -1, np.int16)
+    for f, item in enumerate(seg_ds.PerFrameFunctionalGroupsSequence):
+        ipp = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        pts = ipp + c[..., None] * d_col * iop[:3] + r[..., None] * d_row * iop[3:]
+        vox = pts.reshape(-1, 3) @ to_vox[:3, :3].T + to_vox[:3, 3]
+        idx = np.round(vox).astype(int)
+        np.testing.assert_allclose(vox, idx, atol=1e-3)
+        assert (out[tuple(idx.T)] == -1).all(), "two SEG pixels on one voxel"
+        out[tuple(idx.T)] = frames[f].reshape(-1)
+    assert (out >= 0).all(), "voxels the SEG does not cover"
+    return out
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_seg_over_the_series_matches_the_nifti_mask_voxel_by_voxel(predict_ckpt, tmp_path, grid):
+    import highdicom as hd
+    import pydicom
+
+    src = series_from_nifti(blob_nifti(tmp_path / "t2.nii.gz", GRIDS[grid], seed=31), tmp_path / "in" / "series")
+    s = predict_inputs([tmp_path / "in" / "series"], predict_ckpt, tmp_path / "out", PredictOptions(**QUIET))
+    assert s.exit_code == 0, s.text()
+    (row,) = csv.DictReader(open(tmp_path / "out" / "volumes.csv", encoding="utf-8"))
+    assert row["dicom_seg"] == str(tmp_path / "out" / "series_seg.dcm") and row["status"] == "ok"
+    nifti = nib.load(str(tmp_path / "out" / "series_mask.nii.gz"))
+    mask = np.asarray(nifti.dataobj)
+    assert mask.sum() > 50 and all(not np.array_equal(mask, np.flip(mask, a)) for a in range(3))  # a flip would show
+    assert not np.array_equal(mask.transpose(1, 0, 2)[:36, :36], mask[:36, :36])  # so would a transpose
+
+    seg_ds = pydicom.dcmread(tmp_path / "out" / "series_seg.dcm")
+    assert seg_ds.SOPClassUID == SEG_STORAGE and seg_ds.Modality == "SEG" and seg_ds.SegmentationType == "BINARY"
+    assert seg_ds.FrameOfReferenceUID == src[0].FrameOfReferenceUID and seg_ds.StudyInstanceUID == src[0].StudyInstanceUID
+    assert seg_ds.PatientID == src[0].PatientID and seg_ds.SeriesInstanceUID != src[0].SeriesInstanceUID
+    (ref,) = seg_ds.ReferencedSeriesSequence
+    assert ref.SeriesInstanceUID == src[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence} == {d.SOPInstanceUID for d in src}
+    (segment,) = seg_ds.SegmentSequence
+    assert segment.SegmentLabel == "Whole tumour" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    code = lambda seq: (seq[0].CodeValue, seq[0].CodingSchemeDesignator, seq[0].CodeMeaning)  # noqa: E731
+    assert code(segment.SegmentedPropertyCategoryCodeSequence) == ("49755003", "SCT", "Morphologically Abnormal Structure")
+    assert code(segment.SegmentedPropertyTypeCodeSequence) == ("108369006", "SCT", "Neoplasm")
+    assert code(segment.AnatomicRegionSequence) == ("12738006", "SCT", "Brain")
+    algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "plgg-fl" and "tiny" in algo.AlgorithmParameters
+
+    # one frame per source slice, at that slice's position, referencing it
+    by_uid = {d.SOPInstanceUID: d for d in src}
+    assert seg_ds.NumberOfFrames == len(src)
+    for item in seg_ds.PerFrameFunctionalGroupsSequence:
+        source = by_uid[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_allclose(item.PlanePositionSequence[0].ImagePositionPatient, source.ImagePositionPatient, atol=1e-4)
+    np.testing.assert_allclose(seg_ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+                               src[0].ImageOrientationPatient, atol=1e-6)
+
+    # voxel by voxel, by position (pydicom) and through highdicom's volume API
+    np.testing.assert_array_equal(seg_on_nifti_grid(seg_ds, nifti), mask)
+    seg = hd.seg.segread(tmp_path / "out" / "series_seg.dcm")
+    vol = seg.get_volume(combine_segments=True)
+    ref_vol = hd.Volume.from_nibabel(nifti)
+    assert sorted(vol.spatial_shape) == sorted(ref_vol.spatial_shape)
+    on_grid = vol.match_geometry(ref_vol)  # permutes/flips only: the shapes agree, so nothing is padded or cropped
+    assert on_grid.geometry_equal(ref_vol)
+    np.testing.assert_array_equal(on_grid.array, mask)
+
+
+def test_empty_mask_still_gives_a_seg_with_every_frame(tmp_path):
+    import highdicom as hd
+
+    from plgg_fl.predict.dicom_seg import write_dicom_seg
+    from plgg_fl.predict.io import discover_inputs, read_scan
+
+    src = series_from_nifti(blob_nifti(tmp_path / "t2.nii.gz", GRIDS["coronal"], seed=32), tmp_path / "series")
+    scan = read_scan(*discover_inputs(tmp_path / "series"))
+    out = write_dicom_seg(np.zeros(scan.shape, np.uint8), scan, tmp_path / "out" / "x_seg.dcm", model_name="m.pt (tiny)")
+    seg = hd.seg.segread(out)
+    assert seg.NumberOfFrames == len(src) and seg.number_of_segments == 1
+    pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in src], segment_numbers=[1])
+    assert pixels.shape == (len(src), src[0].Rows, src[0].Columns, 1) and not pixels.any()
+
+
+def test_seg_options_and_a_failed_seg_leaves_no_outputs(predict_ckpt, tmp_path, monkeypatch, capsys):
+    from plgg_fl.cli import main
+    from plgg_fl.predict import dicom_seg
+
+    nifti = blob_nifti(tmp_path / "t2.nii.gz", GRIDS["coronal"], seed=33)
+    series_from_nifti(nifti, tmp_path / "series")
+    assert main(["predict", str(nifti), "--dicom-seg", "--model", str(predict_ckpt), "--out", str(tmp_path / "o1"), "--no-progress"]) == 2
+    assert "--dicom-seg: not a DICOM series" in capsys.readouterr().err and not (tmp_path / "o1" / "t2_mask.nii.gz").exists()
+
+    s = predict_inputs([tmp_path / "series"], predict_ckpt, tmp_path / "o2", PredictOptions(dicom_seg=False, **QUIET))
+    assert s.exit_code == 0 and s.results[0].dicom_seg is None
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["predict.log", "series_mask.nii.gz", "summary.json", "volumes.csv"]
+
+    (tmp_path / "o3").mkdir()
+    (tmp_path / "o3" / "series_seg.dcm").write_bytes(b"earlier")  # the SEG is covered by the overwrite check
+    s = predict_inputs([tmp_path / "series"], predict_ckpt, tmp_path / "o3", PredictOptions(**QUIET))
+    assert s.exit_code == 1 and "series_seg.dcm: already exists" in s.failures[0].error
+    assert (tmp_path / "o3" / "series_seg.dcm").read_bytes() == b"earlier" and not (tmp_path / "o3" / "series_mask.nii.gz").exists()
+
+    def broken(path, mask, headers, name=None):
+        raise RuntimeError("simulated bad SEG")
+
+    monkeypatch.setattr(dicom_seg, "check_seg", broken)
+    s = predict_inputs([tmp_path / "series"], predict_ckpt, tmp_path / "o4", PredictOptions(prob=True, **QUIET))
+    assert s.exit_code == 1 and "simulated bad SEG" in s.failures[0].error
+    assert sorted(p.name for p in (tmp_path / "o4").iterdir()) == ["predict.log", "summary.json", "volumes.csv"]  # no mask, prob, temp
+
+
 def test_series_that_would_be_misread_fail_each_with_their_problem(predict_ckpt, tmp_path):
     nifti = blob_nifti(tmp_path / "t2.nii.gz", GRIDS["coronal"], seed=34)
     root = tmp_path / "dicom"
@@ -113,7 +233,7 @@ def test_series_that_would_be_misread_fail_each_with_their_problem(predict_ckpt,
     s = predict_inputs([root], predict_ckpt, tmp_path / "out", PredictOptions(**QUIET))
     rows = {r.key: r for r in s.results}
     assert sorted(rows) == ["gap", "good", "mixed", "two"] and s.exit_code == 1
-    assert rows["good"].status == "ok"
+    assert rows["good"].status == "ok" and (tmp_path / "out" / "good_seg.dcm").is_file()
     errors = {k: r.error for k, r in rows.items() if k != "good"}
     for key, err in errors.items():
         assert err.startswith(f"{root / key}: "), err

@@ -29,6 +29,7 @@ def write_dicom_series(folder: Path, array_ijk: np.ndarray, spacing, direction, 
         ("0008|103e", "T2 test"),
         ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.123456789"),
         ("0020|000d", "1.2.826.0.1.3680043.2.1125.1.987654321"),
+        ("0020|0052", "1.2.826.0.1.3680043.2.1125.1.555555555"),  # FrameOfReferenceUID: an MR series has one (a SEG needs it)
         ("0020|0037", "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
         ("0018|0050", str(spacing[2])),
     ]

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segment T2 scans (NIfTI file/folder, manifest, DICOM series) with a checkpoint or export",
         description=(
             "Segment whole tumour on skull-stripped T2 scans. Writes <key>_mask.nii.gz on each input's exact "
-            "grid, volumes.csv (ml, with each row's input file), summary.json and predict.log. <key> is the file "
+            "grid (DICOM series: also <key>_seg.dcm, a DICOM SEG over the source slices), volumes.csv (ml, with "
+            "each row's input file), summary.json and predict.log. <key> is the file "
             "name without extension and nnU-Net's _0000; inputs sharing a name get their folder names folded in "
             "(patientA__t2). Scans must be skull-stripped (zero outside the brain) or come with a brain mask; no "
             "skull-stripping network is bundled. Exit code 1 if any input failed, 2 if the run could not start."
@@ -44,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the model's)")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="cut the brain box out before preprocessing (default: iff the model crops to the brain)")
+    p.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write <key>_seg.dcm, a DICOM SEG over the source series (default: for DICOM series inputs; "
+                        "--dicom-seg with any other input stops the run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
@@ -79,6 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         sw_batch_size=args.sw_batch_size,
         crop=args.crop,
+        dicom_seg=args.dicom_seg,
     )
     try:
         summary = predict_inputs(args.inputs, args.model, args.out, opts)

@@ -9,7 +9,8 @@ parent folder names folded in front, joined by ``__``, as few as tell them apart
 
 A run never writes two inputs' results to one file: inputs that still share a name (``a.nii`` and
 ``a.nii.gz`` in one folder), or an output that would replace an input, stop the run before any
-scan is read (:class:`SetupError`, exit code 2). The same file given twice is segmented once.
+scan is read (:class:`SetupError`, exit code 2), as does ``--dicom-seg`` with an input that is not
+a DICOM series. The same file given twice is segmented once.
 
 **Brain masks** (``--brain-mask DIR``) are matched by exact file name: ``DIR/<key>.nii.gz``,
 ``<key>.nii``, ``<key>_brainmask.nii.gz`` or ``<key>_brainmask.nii``, with the scan's final key
@@ -29,10 +30,25 @@ FOLD_SEP = "__"
 BRAIN_MASK_FORMS = ("{key}.nii.gz", "{key}.nii", "{key}_brainmask.nii.gz", "{key}_brainmask.nii")
 
 
-def output_paths(item: ScanInput, out_dir: Path, prob: bool) -> list[Path]:
-    """The files ``item`` writes: ``<key>_mask.nii.gz`` and, with ``prob``, ``<key>_prob.nii.gz``."""
-    names = [f"{item.key}_mask.nii.gz"] + ([f"{item.key}_prob.nii.gz"] if prob else [])
-    return [out_dir / n for n in names]
+def writes_dicom_seg(item: ScanInput, dicom_seg: bool | None) -> bool:
+    """Whether ``item`` gets a DICOM SEG: ``dicom_seg`` if given, else iff it is a DICOM series."""
+    return item.kind == "dicom" if dicom_seg is None else bool(dicom_seg)
+
+
+def output_files(item: ScanInput, out_dir: Path, prob: bool, dicom_seg: bool | None = None) -> dict[str, Path]:
+    """The files ``item`` writes, by kind: ``mask`` ``<key>_mask.nii.gz``; with ``prob``, ``prob``
+    ``<key>_prob.nii.gz``; if it gets a DICOM SEG (:func:`writes_dicom_seg`), ``dicom_seg`` ``<key>_seg.dcm``."""
+    files = {"mask": out_dir / f"{item.key}_mask.nii.gz"}
+    if prob:
+        files["prob"] = out_dir / f"{item.key}_prob.nii.gz"
+    if writes_dicom_seg(item, dicom_seg):
+        files["dicom_seg"] = out_dir / f"{item.key}_seg.dcm"
+    return files
+
+
+def output_paths(item: ScanInput, out_dir: Path, prob: bool, dicom_seg: bool | None = None) -> list[Path]:
+    """Every file ``item`` writes (:func:`output_files`), mask first."""
+    return list(output_files(item, out_dir, prob, dicom_seg).values())
 
 
 def drop_repeats(items: list[ScanInput]) -> list[ScanInput]:
@@ -70,15 +86,19 @@ def _fold_parents(group: list[ScanInput]) -> None:
             return  # otherwise (same folder) the clash check names them
 
 
-def check_outputs(items: list[ScanInput], out_dir: Path, prob: bool) -> None:
-    """Raise :class:`SetupError` unless every output file is used once and replaces no input."""
+def check_outputs(items: list[ScanInput], out_dir: Path, prob: bool, dicom_seg: bool | None = None) -> None:
+    """Raise :class:`SetupError` unless every output file is used once and replaces no input, and
+    ``dicom_seg`` (True: a DICOM SEG for every input) is only asked for DICOM series."""
     inputs = {it.path.resolve(): it for it in items}
     inputs.update({it.brain_mask.resolve(): it for it in items if it.brain_mask is not None})
     owner: dict[str, ScanInput] = {}
     for it in items:
         if not it.key or it.key in (".", "..") or any(c in it.key for c in "/\\\0"):
             raise SetupError(f"key {it.key!r} cannot be a file name", it.path)
-        for p in output_paths(it, out_dir, prob):
+        if dicom_seg and it.kind != "dicom":
+            raise SetupError("--dicom-seg: not a DICOM series; a DICOM SEG is written over the source DICOM images "
+                             "(DICOM inputs get one by default); drop --dicom-seg or give only DICOM folders", it.path)
+        for p in output_paths(it, out_dir, prob, dicom_seg):
             other = owner.setdefault(p.name.casefold(), it)
             if other is not it:
                 raise SetupError(f"{other.path} and {it.path} would both be written to one file; rename one, or segment them in separate runs", p)

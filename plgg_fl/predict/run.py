@@ -3,13 +3,15 @@
 One bad input never stops the others: its error (file + problem) is recorded, the rest go on, and
 the run's exit code is 1 if anything failed. Per input the outputs are ``<key>_mask.nii.gz`` (uint8,
 1 = whole tumour) and optionally ``<key>_prob.nii.gz`` (float32 foreground probability), both with
-exactly the input's shape, affine and orientation (checked after writing); keys are unique within
-a run (:mod:`plgg_fl.predict.naming`). The run writes ``volumes.csv`` (tumour volume in ml per scan,
-with its input file), ``summary.json`` and appends to ``predict.log`` (:mod:`plgg_fl.predict.runlog`).
+exactly the input's shape, affine and orientation (checked after writing), and for a DICOM series
+``<key>_seg.dcm``, a DICOM SEG over the source slices (:mod:`plgg_fl.predict.dicom_seg`); keys are
+unique within a run (:mod:`plgg_fl.predict.naming`). The run writes ``volumes.csv`` (tumour volume in
+ml per scan, with its input file), ``summary.json`` and appends to ``predict.log`` (:mod:`plgg_fl.predict.runlog`).
 
 Before any scan is read, the run checks what would make it fail as a whole and raises
 :class:`SetupError` (the CLI's exit code 2): the output folder is not writable, two inputs would
-write one file, a brain-mask file does not fit the inputs, the model is not a plgg-fl model.
+write one file, a brain-mask file does not fit the inputs, the model is not a plgg-fl model,
+``--dicom-seg`` is given with an input that is not a DICOM series.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from plgg_fl.predict.dicom_seg import seg_source, write_dicom_seg
 from plgg_fl.predict.io import InputError, ScanInput, SetupError, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
-from plgg_fl.predict.naming import attach_brain_masks, check_outputs, drop_repeats, make_keys_unique, output_paths
+from plgg_fl.predict.naming import attach_brain_masks, check_outputs, drop_repeats, make_keys_unique, output_files
 from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, lattice_box, n4_correct
 from plgg_fl.predict.runlog import FILE_LOG, run_log
 
 log = logging.getLogger(__name__)
-CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "brain_mask", "mask", "prob", "seconds", "error")
+CSV_FIELDS = ("key", "status", "volume_ml", "voxels", "input", "brain_mask", "mask", "prob", "dicom_seg", "seconds", "error")
 
 
 @dataclass
@@ -46,6 +49,8 @@ class PredictOptions:
     on other CPUs; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: cut the brain's
     bounding box (+ ``margin_mm``) out of the input before the engine's chain and paste the result
     back; None = iff the model crops to the brain anyway (``crop_to_brain``), so it only saves work.
+    ``dicom_seg``: also write ``<key>_seg.dcm``; None = for DICOM series inputs, True = required for
+    every input (a run with any other input does not start).
     """
 
     tta: bool | None = None
@@ -61,6 +66,7 @@ class PredictOptions:
     sw_batch_size: int | None = None
     crop: bool | None = None
     margin_mm: float = 8.0
+    dicom_seg: bool | None = None
 
 
 @dataclass
@@ -75,6 +81,7 @@ class CaseResult:
     brain_mask: str | None = None
     mask: str | None = None
     prob: str | None = None
+    dicom_seg: str | None = None
     seconds: float = 0.0
     error: str | None = None
 
@@ -110,12 +117,16 @@ def _problem(r: CaseResult) -> str:
     return err[len(r.input) + 2 :] if err.startswith(f"{r.input}: ") else err
 
 
-def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: PredictOptions) -> CaseResult:
-    """Segment one input and write its outputs. Raises on any problem (the caller isolates it)."""
+def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: PredictOptions, model_name: str = "") -> CaseResult:
+    """Segment one input and write its outputs. Raises on any problem (the caller isolates it).
+
+    ``model_name`` is recorded in a DICOM SEG's algorithm identification.
+    """
     from plgg_fl.engine.infer import predict as engine_predict
 
     res = CaseResult(key=item.key, input=str(item.path), brain_mask=str(item.brain_mask) if item.brain_mask else None)
-    for p in output_paths(item, out_dir, opts.prob):
+    files = output_files(item, out_dir, opts.prob, opts.dicom_seg)
+    for p in files.values():
         if p.exists() and not opts.overwrite:  # fail before spending compute
             raise FileExistsError(f"{p}: already exists; pass --overwrite to replace it")
     if item.error:
@@ -123,6 +134,8 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     if item.brain_mask_error:
         raise InputError(item.path, item.brain_mask_error)
     scan, brain, image = _checked_input(item, cfg, opts)
+    if "dicom_seg" in files:
+        seg_source(scan)  # no SEG possible: fail before spending compute
     crop = cfg.crop_to_brain if opts.crop is None else opts.crop
     box = tuple(slice(0, n) for n in scan.shape)
     if crop:
@@ -131,10 +144,10 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
     mask = _paste(pred.mask, box, brain, np.uint8)
     prob = _paste(pred.prob, box, brain, np.float32) if opts.prob else None
-    paths = _write_outputs(scan, mask, prob, output_paths(item, out_dir, opts.prob), opts.overwrite)
+    written = _write_outputs(scan, mask, prob, files, opts.overwrite, model_name)
     res.voxels = int(mask.sum())
     res.volume_ml = round(res.voxels * scan.voxel_ml, 4)
-    res.mask, res.prob = str(paths[0]), (str(paths[1]) if opts.prob else None)
+    res.mask, res.prob, res.dicom_seg = (str(written[k]) if k in written else None for k in ("mask", "prob", "dicom_seg"))
     res.status = "ok"
     return res
 
@@ -160,14 +173,19 @@ def _paste(values: np.ndarray, box: tuple[slice, ...], brain: np.ndarray, dtype:
     return full
 
 
-def _write_outputs(scan: Any, mask: np.ndarray, prob: np.ndarray | None, paths: list[Path], overwrite: bool) -> list[Path]:
-    """Write the mask (and probability map) on ``scan``'s grid; on any failure none of them is left."""
-    written: list[Path] = []
+def _write_outputs(scan: Any, mask: np.ndarray, prob: np.ndarray | None, files: dict[str, Path], overwrite: bool,
+                   model_name: str = "") -> dict[str, Path]:
+    """Write ``files`` (:func:`output_files`): the mask and probability map on ``scan``'s grid, then the
+    DICOM SEG of the mask; on any failure none of them is left. Returns the written paths by kind."""
+    written: dict[str, Path] = {}
     try:
-        for array, path in zip((mask, prob), paths):
-            written.append(write_like(array, scan, path, overwrite=overwrite))
+        written["mask"] = write_like(mask, scan, files["mask"], overwrite=overwrite)
+        if "prob" in files:
+            written["prob"] = write_like(prob, scan, files["prob"], overwrite=overwrite)
+        if "dicom_seg" in files:
+            written["dicom_seg"] = write_dicom_seg(mask, scan, files["dicom_seg"], model_name, overwrite=overwrite)
     except BaseException:
-        for p in written:  # leave no partial set of outputs behind
+        for p in written.values():  # leave no partial set of outputs behind
             p.unlink(missing_ok=True)
         raise
     return written
@@ -199,7 +217,8 @@ def collect_inputs(sources: Sequence[str | Path], out_dir: Path, opts: PredictOp
     """(scans to segment with unique keys and their brain masks, failed rows for sources holding none).
 
     Raises :class:`SetupError` if two inputs would write one file, an output would replace an input,
-    or ``opts.brain_masks`` does not fit the inputs (:mod:`plgg_fl.predict.naming`).
+    ``opts.brain_masks`` does not fit the inputs, or ``opts.dicom_seg`` is True for an input that is
+    not a DICOM series (:mod:`plgg_fl.predict.naming`).
     """
     items: list[ScanInput] = []
     failed: list[CaseResult] = []
@@ -212,7 +231,7 @@ def collect_inputs(sources: Sequence[str | Path], out_dir: Path, opts: PredictOp
     make_keys_unique(items)
     if opts.brain_masks is not None and items:
         attach_brain_masks(items, opts.brain_masks)
-    check_outputs(items, Path(out_dir), opts.prob)
+    check_outputs(items, Path(out_dir), opts.prob, opts.dicom_seg)
     return items, failed
 
 
@@ -236,11 +255,11 @@ def prepare_output(out: Path, overwrite: bool) -> tuple[Path, Path]:
     return reports
 
 
-def _run_one(model: Any, cfg: Any, item: ScanInput, out: Path, opts: PredictOptions) -> CaseResult:
+def _run_one(model: Any, cfg: Any, item: ScanInput, out: Path, opts: PredictOptions, model_name: str = "") -> CaseResult:
     """:func:`segment_scan` with its failure turned into a failed row (message on the console, traceback in the log)."""
     t0 = time.perf_counter()
     try:
-        res = segment_scan(model, cfg, item, out, opts)
+        res = segment_scan(model, cfg, item, out, opts, model_name)
         FILE_LOG.info("%s: ok, %s ml -> %s", item.path, res.volume_ml, res.mask)
     except Exception as exc:  # noqa: BLE001 - isolate every input
         expected = isinstance(exc, (InputError, FileExistsError))
@@ -268,12 +287,13 @@ def predict_inputs(sources: Sequence[str | Path], model_path: str | Path, out_di
     model, cfg, _card = load_model(model_path, device=opts.device)
     cfg = inference_config(cfg, opts)
     summary = Summary(results=failed, out_dir=str(out), model=str(model_path))
+    model_name = f"{Path(model_path).name} ({cfg.preset})"
     with run_log(out):
         FILE_LOG.info("plgg-fl predict: %d scan(s), model %s", len(items), model_path)
         bar = tqdm(items, desc="predict", unit="scan", disable=not opts.progress)
         for item in bar:
             bar.set_postfix_str(item.key)
-            summary.results.append(_run_one(model, cfg, item, out, opts))
+            summary.results.append(_run_one(model, cfg, item, out, opts, model_name))
         write_reports(summary, csv_path, json_path, overwrite=opts.overwrite)
     return summary
 
