@@ -6,6 +6,7 @@ two series in one folder) fail with a message naming the problem."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from plgg_fl.predict.run import PredictOptions, predict_inputs
 from plgg_fl.predict.toy import blob_volume
+from test_predict_safety import _docs_error_rows
 
 QUIET = dict(progress=False)
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -243,3 +245,7 @@ def test_series_that_would_be_misread_fail_each_with_their_problem(predict_ckpt,
     assert "2 DICOM series in one folder" in errors["two"] and "own folder" in errors["two"]
     for ds in (t2[0], flair[0]):
         assert f'{ds.SeriesInstanceUID} "{ds.SeriesDescription}" (16 files)' in errors["two"]
+    docs = {"two": "DICOM: two or more series", "gap": "DICOM: a slice missing", "mixed": "DICOM: slices of another orientation"}
+    for key, problem in docs.items():  # the docs' error table quotes these messages and says what to do
+        row = next(r for r in _docs_error_rows() if r[0].startswith(problem))
+        assert all(needle in errors[key] for needle in re.findall(r"`([^`]+)`", row[1])) and row[2], (row, errors[key])
