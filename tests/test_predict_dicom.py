@@ -24,10 +24,11 @@ pytestmark = pytest.mark.usefixtures("predict_one_thread")
 
 
 def write_mr_series(folder: Path, array_ijk: np.ndarray, affine_ras: np.ndarray, *, series_uid: str | None = None,
-                    description: str = "T2 TSE", skip: tuple[int, ...] = (), study_uid: str | None = None) -> list:
+                    description: str = "T2 TSE", skip: tuple[int, ...] = (), study_uid: str | None = None,
+                    frame_of_reference: bool = True) -> list:
     """Write ``array_ijk`` (voxel (i, j, k) -> ``affine_ras``, mm) as an int16 MR Image Storage series, one file per
     slice k (frame = ``array[:, :, k].T``: rows along j, columns along i), files named in a shuffled order.
-    ``skip``: slices k left out. Returns the datasets written, by k."""
+    ``skip``: slices k left out; ``frame_of_reference=False``: no FrameOfReferenceUID. Returns the datasets written, by k."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -49,6 +50,8 @@ def write_mr_series(folder: Path, array_ijk: np.ndarray, affine_ras: np.ndarray,
         ds.Modality, ds.Manufacturer, ds.SeriesDescription = "MR", "TestScanner", description
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Child", "PLGG-0001", "20150101", "O"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
+        if not frame_of_reference:
+            del ds.FrameOfReferenceUID
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
         ds.SeriesNumber, ds.InstanceNumber = 7, int(n) + 1
         ds.ImageOrientationPatient = [round(float(v), 8) for v in iop]
@@ -185,6 +188,16 @@ def test_empty_mask_still_gives_a_seg_with_every_frame(tmp_path):
     assert seg.NumberOfFrames == len(src) and seg.number_of_segments == 1
     pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in src], segment_numbers=[1])
     assert pixels.shape == (len(src), src[0].Rows, src[0].Columns, 1) and not pixels.any()
+
+
+def test_a_series_without_frame_of_reference_fails_before_segmenting_and_says_what_to_do(tmp_path):
+    from plgg_fl.predict.dicom_seg import seg_source
+    from plgg_fl.predict.io import InputError, discover_inputs, read_scan
+
+    series_from_nifti(blob_nifti(tmp_path / "t2.nii.gz", GRIDS["coronal"], seed=35), tmp_path / "series", frame_of_reference=False)
+    scan = read_scan(*discover_inputs(tmp_path / "series"))  # the NIfTI mask can still be made (--no-dicom-seg)
+    with pytest.raises(InputError, match=r"series: the series has no FrameOfReferenceUID.*--no-dicom-seg"):
+        seg_source(scan)
 
 
 def test_seg_options_and_a_failed_seg_leaves_no_outputs(predict_ckpt, tmp_path, monkeypatch, capsys):
