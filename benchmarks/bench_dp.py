@@ -1,12 +1,14 @@
-"""What differential privacy costs: stepwise Dice on the demo cohort with no filter, NVFlare's percentile
-filter and its SVT filter at two privacy levels each, measured in the same run on the same stage-1 model.
+"""What differential privacy and payload quantization cost: stepwise Dice on the demo cohort with no
+filter, NVFlare's percentile filter, its SVT filter at several privacy levels, and NVFlare's float16
+ModelQuantizer on the sites' results, measured in the same run on the same stage-1 model.
 
     python benchmarks/bench_dp.py [--out /tmp/bench_dp] [--config demo] [--seed 0] [--only NAME ...]
 
 One pipeline run per setting (method ``stepwise`` only). The first, ``none``, trains stage 1 as the
 demo does; every other setting starts stages 2 and 3 from that run's stage-1 model (config field
-``pretrained``), with the privacy filter on every training result of both federated stages
-(:mod:`plgg_fl.fl.privacy`: on the difference from the received global model). Prints per setting the
+``pretrained``), with the setting's stage options on both federated stages: a privacy filter on every
+training result (:mod:`plgg_fl.fl.privacy`: on the difference from the received global model), or the
+``quantize`` option (site -> server payloads). Prints per setting the
 median Dice on each test set (per-case Dice; the experts' mean where a case has several), its
 difference from ``none`` with a paired Wilcoxon test over the test cases, and wall time; writes
 ``OUT/dp_cost.json``. The filters' noise is drawn from numpy's global generator, unseeded (as a site
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 #: name -> (stage option ``privacy`` or None, what it is). Fixed before any run; never tuned on results.
+#: A dict with a ``quantize`` key sets that stage option instead (bench_fl.py measures its bytes).
 SETTINGS = {
     "none": (None, "no privacy filter"),
     "percentile_p10": ({"kind": "percentile", "percentile": 10, "gamma": 0.01},
@@ -37,6 +40,8 @@ SETTINGS = {
     # added after the first five had run (none of the SVT settings above cost <= 0.02): weaker still
     "svt_f90_nv100": ({"kind": "svt", "fraction": 0.9, "epsilon": 1.0, "noise_var": 100.0, "gamma": 1e-3, "tau": 1e-6},
                       "SVT: 90 % sent, clip 1e-3/step, noise scale 2e-5/step (least noise)"),
+    # issue 16 (payloads), not a privacy setting
+    "quantize_fp16": ({"quantize": "float16"}, "no privacy filter; sites send float16 (NVFlare ModelQuantizer)"),
 }
 
 
@@ -49,8 +54,9 @@ def run_setting(name: str, privacy, base: dict, out: Path, seed: int, pretrained
     data["train"] = {**(data.get("train") or {}), "seed": seed}
     if pretrained is not None:
         data["pretrained"] = str(pretrained)
+    option = dict(privacy) if privacy and "quantize" in privacy else {"privacy": privacy}
     for stage in ("finetune", "decoder"):
-        data["stages"][stage] = {**data["stages"][stage], "privacy": privacy}
+        data["stages"][stage] = {**data["stages"][stage], **option}
     cfg = config_from_dict(data, f"bench_dp ({name})", name)
     t = time.perf_counter()
     Pipeline(cfg, out_root=out, printer=lambda s: print(f"  [{name}] {s}", flush=True), overwrite=True).run()

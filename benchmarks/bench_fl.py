@@ -4,10 +4,13 @@
    R rounds x S steps, each round validating the received model) over the same work run in-process
    through the engine (same cases, Trainer, R x (validate + S steps)). Target <= 1.15.
 2. ``bytes``: bytes of model tensors each site sends per round, stage 3 (decoder only) over stage 2
-   (whole network), measured from what the sites actually sent (SendRecorder). Target <= 0.5.
+   (whole network, float32), measured from what the sites actually sent (SendRecorder), tensors of
+   the quantizer's state included. Target <= 0.5; with ``--quantize float16|blockwise8`` on stage 3
+   (NVFlare's ModelQuantizer) target <= 0.25.
 
     python benchmarks/bench_fl.py                                   # both, at the defaults below
     python benchmarks/bench_fl.py --what overhead --rounds 3 --steps 30   # the demo's stage-1 size
+    python benchmarks/bench_fl.py --what bytes --quantize float16 --preset nnunet --patch 64
 
 Defaults: the demo's network and patches (``small``, 48^3 at 3 mm) and a stage of 6 rounds x 60
 steps (about 2.5 minutes of training on 2 cores). The overhead ratio depends on the stage size:
@@ -19,12 +22,14 @@ The cohort is synthesized (tiny) when absent. Prints one line per measurement an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
 
-DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.float64": 8, "float32": 4}
+DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.float64": 8, "torch.uint8": 1, "torch.int8": 1,
+               "float32": 4, "float16": 2, "uint8": 1}
 
 
 def _manifests(cohort: Path) -> dict[str, Path]:
@@ -84,14 +89,20 @@ def _sent_bytes(record_dir: Path, job: str) -> list[int]:
             r = json.loads(line)
             if r["task"] != "train" or "data" not in r:
                 continue
-            n = 0
-            for d in r["data"].values():
-                numel = 1
-                for s in d["shape"]:
-                    numel *= s
-                n += numel * DTYPE_BYTES.get(d["dtype"], 4)
-            out.append(n)
+            out.append(sum(_tensor_bytes(d) for d in r["data"].values()) + _tensor_bytes({"items": r.get("meta", {})}))
     return out
+
+
+def _tensor_bytes(d: dict) -> int:
+    """Bytes of the tensors a SendRecorder description holds (nested dicts/lists walked; scalars not counted)."""
+    if "shape" in d:
+        numel = 1
+        for s in d["shape"]:
+            numel *= s
+        return numel * DTYPE_BYTES.get(d["dtype"], 4)
+    items = d.get("items")
+    vals = items.values() if isinstance(items, dict) else items if isinstance(items, list) else []
+    return sum(_tensor_bytes(v) for v in vals if isinstance(v, dict))
 
 
 def bench_bytes(args, manifests, work: Path) -> dict:
@@ -102,10 +113,12 @@ def bench_bytes(args, manifests, work: Path) -> dict:
     rec = work / "sends"
     sites = ["cbtn", "dfci_bch"]
     run_in_simulator(finetune_recipe(opts, sites=sites), sites, work / "sim", manifests, rec, printer=lambda s: None)
-    run_in_simulator(decoder_recipe(opts, sites=sites), sites, work / "sim", manifests, rec, printer=lambda s: None)
+    s3_opts = dataclasses.replace(opts, quantize=args.quantize)
+    run_in_simulator(decoder_recipe(s3_opts, sites=sites), sites, work / "sim", manifests, rec, printer=lambda s: None)
     s2, s3 = _sent_bytes(rec, "plgg_finetune"), _sent_bytes(rec, "plgg_decoder")
     return {"stage2_bytes_per_site_round": max(s2), "stage3_bytes_per_site_round": max(s3),
-            "bytes_ratio_stage3_over_stage2": round(max(s3) / max(s2), 3), "preset": args.preset}
+            "bytes_ratio_stage3_over_stage2": round(max(s3) / max(s2), 3), "preset": args.preset,
+            "stage3_quantize": args.quantize}
 
 
 def main(argv=None) -> int:
@@ -118,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, default=48, help="patch side, voxels")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--spacing", type=float, default=3.0, help="training spacing, mm")
+    p.add_argument("--quantize", choices=("float16", "blockwise8"), help="bytes: stage 3 sends through NVFlare's ModelQuantizer")
     args = p.parse_args(argv)
     manifests = _manifests(Path(args.cohort))
     out = {}
@@ -125,7 +139,8 @@ def main(argv=None) -> int:
         if args.what in ("bytes", "all"):
             out["bytes"] = bench_bytes(args, manifests, Path(tmp))
             print(f"bytes per site per round: stage 3 / stage 2 = {out['bytes']['bytes_ratio_stage3_over_stage2']} "
-                  f"({out['bytes']['stage3_bytes_per_site_round']:,} / {out['bytes']['stage2_bytes_per_site_round']:,} B; target <= 0.5)")
+                  f"({out['bytes']['stage3_bytes_per_site_round']:,} / {out['bytes']['stage2_bytes_per_site_round']:,} B; "
+                  f"stage 3 quantize {args.quantize}; target <= {0.25 if args.quantize else 0.5})")
         if args.what in ("overhead", "all"):
             out["overhead"] = bench_overhead(args, manifests, Path(tmp))
             o = out["overhead"]

@@ -1,6 +1,7 @@
 """Stage-3 options in the real simulator (~40 s): NVFlare's SVT privacy filter on a job that sends full
-weights + FedProx. The encoder must still stay bit-identical, only decoder *differences* leave (the
-filter subtracts the global model the site received), and the global model is not zeroed."""
+weights + FedProx + float16 quantization. The encoder must still stay bit-identical, only decoder
+*differences* leave (the filter subtracts the global model the site received), in float16 (the
+quantizer runs after the privacy filter), and the global model is float32 and not zeroed."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     torch.save({"model": model.state_dict()}, init)
     opts = StageOptions(preset="tiny", num_rounds=2, local_steps=1, send="full", fedprox_mu=0.01,
                         privacy={"kind": "svt", "fraction": 0.5, "epsilon": 1.0, "noise_var": 10.0, "gamma": 1e-3},
+                        quantize="float16",
                         train={"patch_size": [32, 32, 32], "batch_size": 1, "spacing_mm": [4.0, 4.0, 4.0], "device": "cpu"})
     sites = ["cbtn", "dfci_bch"]
     res = run_in_simulator(decoder_recipe(opts, sites=sites, initial_ckpt=str(init)), sites, tmp_path / "ws",
@@ -42,6 +44,8 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     assert sum(int((after[k] == 0).sum()) for k in floats) <= sum(int((before[k] == 0).sum()) for k in floats)
     recs = [json.loads(x) for f in (tmp_path / "sends" / "plgg_decoder").glob("*.jsonl") for x in f.read_text(encoding="utf-8").splitlines()]
     assert len(recs) == 4 and all(r["data_kind"] == "WEIGHT_DIFF" and set(r["data"]) == set(dec) for r in recs)
+    assert all(r["data"][k]["dtype"] == "torch.float16" for r in recs for k in floats)  # what left the site
+    assert all(after[k].dtype == before[k].dtype for k in dec)  # dequantized before aggregation
     server_log = Path(res.workspace / "server" / "log.txt").read_text(encoding="utf-8")
     assert "fedprox" in Path(res.workspace / "server" / "simulate_job" / "app_server" / "config"
                              / "config_fed_server.json").read_text(encoding="utf-8")

@@ -142,3 +142,25 @@ def test_round_timeout_must_be_positive_whole_seconds(bad):
     with pytest.raises(ValueError, match="round_timeout_s must be a whole number of seconds > 0"):
         recipes.StageOptions.from_dict({"round_timeout_s": bad})
     assert recipes.StageOptions.from_dict({"round_timeout_s": 90}).round_timeout_s == 90
+
+
+def test_quantize_option_names_nvflare_filters_and_refuses_what_cannot_run(tmp_path):
+    from plgg_fl.pipeline.config import ConfigError, config_from_dict, read_yaml
+    from plgg_fl.bundled import bundled_dir
+
+    with pytest.raises(ValueError, match="quantize must be one of float16, blockwise8"):
+        recipes.StageOptions.from_dict({"quantize": "int8"})
+    recipe = recipes.decoder_recipe(recipes.StageOptions(preset="tiny", quantize="blockwise8"), sites=["cbtn"])
+    recipe.export(str(tmp_path / "jobs"))
+    app = tmp_path / "jobs" / "plgg_decoder" / "app_server" / "config" / "config_fed_server.json"
+    server = json.loads(app.read_text(encoding="utf-8"))
+    client = json.loads((tmp_path / "jobs" / "plgg_decoder" / "app_cbtn" / "config" / "config_fed_client.json").read_text(encoding="utf-8"))
+    paths = [f["path"] for chain in server.get("task_result_filters", []) for f in chain["filters"]]
+    assert paths == ["nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"]
+    out = [(f["path"], f.get("args")) for chain in client["task_result_filters"] if chain["tasks"] == ["train"] for f in chain["filters"]]
+    assert out[0] == ("nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer", {"quantization_type": "blockwise8"})
+    assert out[-1][0].endswith("SendRecorder")  # the audit filter sees the quantized payload
+    data = read_yaml(bundled_dir("simulator_configs") / "tiny.yaml")
+    data["stages"]["decoder"] = {**data["stages"]["decoder"], "quantize": "blockwise8"}
+    with pytest.raises(ConfigError, match="blockwise8 runs on CUDA only"):
+        config_from_dict(data, "test")

@@ -62,6 +62,10 @@ TASK_GROUPS = (["train"], ["validate"], ["submit_model"])
 #: setting ``task_request_interval``, default 2 s). Every round pays it once per site, so at the
 #: default a 3-round stage idles 6 s; a poll every 0.5 s is negligible traffic for a few sites.
 TASK_REQUEST_INTERVAL_S = 0.5
+#: NVFlare ModelQuantizer types offered for site -> server payloads: ``float16`` halves them on any
+#: machine; ``blockwise8`` (bitsandbytes, ~1/4) runs on CUDA only in NVFlare 2.9's filter, at the sites and
+#: on the server. benchmarks/bench_payload.py measures bytes and Dice.
+QUANTIZE_TYPES = ("float16", "blockwise8")
 
 
 @dataclass
@@ -78,7 +82,11 @@ class StageOptions:
     ``{"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
     "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only;
     ``round_timeout_s``: seconds a round may take before the pinned sites that have not sent their
-    result fail the job, by name (default :data:`plgg_fl.fl.controller.ROUND_TIMEOUT_S`, 2 h).
+    result fail the job, by name (default :data:`plgg_fl.fl.controller.ROUND_TIMEOUT_S`, 2 h);
+    ``quantize``: ``float16`` or ``blockwise8`` - NVFlare's ``ModelQuantizer`` on every training result a
+    site sends (after any privacy filter) and its ``ModelDequantizer`` on the server before aggregation
+    (:data:`QUANTIZE_TYPES`); what the server sends is not quantized (a site's own task-data filters,
+    which run first, expect plain weights).
     """
 
     preset: str = "small"
@@ -90,6 +98,7 @@ class StageOptions:
     record_sends: bool = True
     server_opt: dict[str, Any] | None = None
     round_timeout_s: int = ROUND_TIMEOUT_S
+    quantize: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -100,6 +109,8 @@ class StageOptions:
             raise ValueError(f"unknown stage option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         if "round_timeout_s" in data and not (isinstance(data["round_timeout_s"], int) and data["round_timeout_s"] > 0):
             raise ValueError(f"round_timeout_s must be a whole number of seconds > 0, got {data['round_timeout_s']!r}")
+        if data.get("quantize") is not None and data["quantize"] not in QUANTIZE_TYPES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_TYPES)} (or absent), got {data['quantize']!r}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,12 +229,28 @@ def _add_filters(recipe: Recipe, opts: StageOptions) -> Recipe:
         # on the difference from the global model the task brought, whatever `send` is (plgg_fl.fl.privacy)
         recipe.add_client_input_filter(RememberGlobalModel(), tasks=["train"])
         recipe.add_client_output_filter(PrivateWeightDifferences(kind, spec), tasks=["train"])
+    if opts.quantize:
+        quantizer, dequantizer = _quantization_filters(opts.quantize)
+        recipe.add_client_output_filter(quantizer, tasks=["train"])  # after the privacy filter: it sees weights
+        recipe.add_server_input_filter(dequantizer, tasks=["train"])  # the aggregator sees float32 again
     if opts.record_sends:
         # after any privacy filter, so it sees what actually leaves the site. NVFlare task sets of
         # filters may not overlap, hence one set per task group rather than "all tasks".
         for tasks in TASK_GROUPS:
             recipe.add_client_output_filter(SendRecorder(), tasks=tasks)
     return recipe
+
+
+def _quantization_filters(kind: str) -> tuple[Any, Any]:
+    """NVFlare's (ModelQuantizer(kind), ModelDequantizer()); a clear error where bitsandbytes, which their
+    module imports, is missing."""
+    try:
+        from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
+        from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
+    except ImportError as exc:
+        raise ValueError(f"quantize: {kind} needs NVFlare's quantization filters, which import bitsandbytes ({exc}); "
+                         "install it on the server and every site: pip install 'plgg-fl[quantize]'") from None
+    return ModelQuantizer(quantization_type=kind), ModelDequantizer()
 
 
 def training_recipe(

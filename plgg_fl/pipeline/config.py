@@ -155,6 +155,10 @@ def config_from_dict(data: dict[str, Any], origin: str, default_name: str = "run
     stages = {name: _stage(name, stages_raw[name], preset, train, origin) for name in STAGES}
     ev = data.get("evaluate") or {}
     methods = check_methods(list(data.get("methods") or ["stepwise"]), origin)
+    for name, spec in stages.items():
+        if spec.options.quantize == "blockwise8" and data.get("gpu") is None:
+            raise ConfigError(f"stages.{name}.quantize: blockwise8 runs on CUDA only (NVFlare 2.9's ModelQuantizer); "
+                              "set gpu, or use float16", origin)
     handoff = data.get("handoff", "last")
     if handoff not in ("last", "best"):
         raise ConfigError(f"handoff must be 'last' or 'best', got {handoff!r}", origin)
