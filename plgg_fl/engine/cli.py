@@ -43,7 +43,7 @@ def register(subparsers) -> None:
         "Writes DIR/model.pt (last), DIR/best.pt (best val Dice), DIR/train_log.jsonl and DIR/config.json.",
     )
     t.add_argument("--manifest", required=True, type=Path, help="site manifest (YAML/JSON)")
-    t.add_argument("--preset", choices=("tiny", "small", "nnunet"),
+    t.add_argument("--preset", choices=("tiny", "small", "nnunet", "nnunet_v2"),
                    help="network preset (default small; with --init the checkpoint's)")
     t.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     t.add_argument("--init", type=Path, metavar="CKPT", help="start from this checkpoint (its network and preprocessing)")

@@ -15,7 +15,7 @@ AUGMENT_LEVELS = ("nnunet", "light", "off")
 #: Per-preset defaults for TrainConfig (patch size in voxels at ``spacing_mm``). The CPU presets
 #: (``tiny``, ``small``) train with AdamW 3e-3 after a linear warm-up over the first 10 % of the
 #: steps, and light augmentation, which reach val Dice 0.85 in a few hundred steps; ``nnunet`` keeps nnU-Net's recipe
-#: (SGD 0.01, Nesterov momentum 0.99, full augmentation), right for its long GPU budgets. Measured in docs/learning.md.
+#: (SGD 0.01, Nesterov momentum 0.99, full augmentation), right for its long GPU budgets; so does ``nnunet_v2``. Measured in docs/learning.md.
 _SHORT_BUDGET = dict(optimizer="adamw", lr=3e-3, warmup_fraction=0.1, augment="light")
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_size=(32, 32, 32), spacing_mm=(2.0, 2.0, 2.0), batch_size=2, sw_batch_size=4, **_SHORT_BUDGET),
@@ -23,6 +23,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "nnunet": dict(patch_size=(128, 128, 128), spacing_mm=(1.0, 1.0, 1.0), batch_size=2, sw_batch_size=2,
                    optimizer="sgd", lr=0.01, augment="nnunet"),
 }
+PRESET_DEFAULTS["nnunet_v2"] = dict(PRESET_DEFAULTS["nnunet"])  # the same network but for a decoder bias (networks.py)
 
 
 @dataclass

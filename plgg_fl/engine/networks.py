@@ -62,7 +62,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         deep_supr_num=4,
         res_block=False,
     ),
+    # nnU-Net v2's default 3d_fullres PlainConvUNet as its planner makes it for BraTS (128^3 at 1 mm):
+    # ``nnunet`` with a bias in the decoder's transposed convolutions (dynamic_network_architectures puts
+    # one there; MONAI's DynUNet has none by default). What `plgg-fl import-nnunet` maps a standard
+    # BraTS model onto, so the federated pipeline can start from it by preset name.
+    "nnunet_v2": dict(
+        filters=[32, 64, 128, 256, 320, 320],
+        kernel_size=[3, 3, 3, 3, 3, 3],
+        strides=[1, 2, 2, 2, 2, 2],
+        norm="instance",
+        deep_supervision=True,
+        deep_supr_num=4,
+        res_block=False,
+        trans_bias=True,
+    ),
 }
+
+#: Arguments every preset has, with these values unless the preset or an override sets them.
+_COMMON_DEFAULTS: dict[str, Any] = {"in_channels": 1, "out_channels": 2, "dropout": None, "trans_bias": False}
 
 _NORMS = {
     "instance": ("INSTANCE", {"affine": True}),
@@ -75,10 +92,11 @@ def preset_args(preset: str, **overrides: Any) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     args = copy.deepcopy(PRESETS[preset])
-    unknown = set(overrides) - set(args) - {"in_channels", "out_channels", "dropout"}
+    for k, v in _COMMON_DEFAULTS.items():
+        args.setdefault(k, v)
+    unknown = set(overrides) - set(args)
     if unknown:
         raise TypeError(f"unknown PlggUNet argument(s): {', '.join(sorted(unknown))}")
-    args.update({"in_channels": 1, "out_channels": 2, "dropout": None})
     args.update({k: v for k, v in overrides.items() if v is not None})
     return args
 
@@ -104,6 +122,7 @@ def dynunet_kwargs(args: dict[str, Any]) -> dict[str, Any]:
         deep_supervision=bool(args["deep_supervision"]),
         deep_supr_num=int(args["deep_supr_num"]),
         res_block=bool(args["res_block"]),
+        trans_bias=bool(args.get("trans_bias", False)),
     )
 
 
@@ -113,7 +132,9 @@ class PlggUNet(DynUNet):
     ``PlggUNet(preset="small", **overrides)``: every argument is a plain value (str, int, bool,
     list), so NVFlare's job export can rebuild it from ``model.init_args``. Overrides: ``filters``,
     ``kernel_size``, ``strides``, ``norm`` ("instance" | "batch"), ``deep_supervision``,
-    ``deep_supr_num``, ``res_block``, ``in_channels``, ``out_channels``, ``dropout``.
+    ``deep_supr_num``, ``res_block``, ``in_channels``, ``out_channels``, ``dropout``, ``trans_bias`` (a bias
+    in the decoder's transposed convolutions; default False, True in ``nnunet_v2``). ``kernel_size`` and
+    ``strides`` take one value per level, each an int or a per-axis list (anisotropic levels).
     """
 
     def __init__(self, preset: str = "small", **overrides: Any):
@@ -126,12 +147,19 @@ class PlggUNet(DynUNet):
         self.encoder_frozen = False
 
     @property
-    def divisor(self) -> int:
-        """Patch sides must be multiples of this (product of the strides)."""
-        d = 1
+    def axis_divisors(self) -> tuple[int, int, int]:
+        """Per axis, what that patch side must be a multiple of (the product of the level strides on it)."""
+        d = [1, 1, 1]
         for s in self.arch["strides"]:
-            d *= int(s)
-        return d
+            for axis, si in enumerate([s] * 3 if isinstance(s, int) else s):
+                d[axis] *= int(si)
+        return d[0], d[1], d[2]
+
+    @property
+    def divisor(self) -> int:
+        """Patch sides must be multiples of this (product of the strides; the largest axis's where levels
+        stride the axes differently - :attr:`axis_divisors` gives each axis's own)."""
+        return max(self.axis_divisors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see module docstring
         skips = [self.input_block(x)]

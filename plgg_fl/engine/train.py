@@ -90,9 +90,10 @@ class Trainer:
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
-        div = getattr(model, "divisor", 1)
-        if any(int(p) % div for p in cfg.patch_size):
-            raise ValueError(f"patch_size {cfg.patch_size} must be a multiple of {div} for preset {cfg.preset}")
+        divs = tuple(getattr(model, "axis_divisors", (1, 1, 1)))
+        if any(int(p) % d for p, d in zip(cfg.patch_size, divs)):
+            need = divs[0] if len(set(divs)) == 1 else f"{divs} (per axis)"
+            raise ValueError(f"patch_size {cfg.patch_size} must be a multiple of {need} for preset {cfg.preset}")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, cfg)
         warmup = round(cfg.warmup_fraction * cfg.max_steps)
