@@ -1,4 +1,5 @@
-"""``plgg-fl train`` and ``plgg-fl evaluate``: central / local training and evaluation without NVFlare."""
+"""``plgg-fl train``, ``evaluate``, ``compare`` and ``import-nnunet``: central / local training and evaluation without
+NVFlare, and stage 1 from an nnU-Net v2 model."""
 
 from __future__ import annotations
 
@@ -87,6 +88,35 @@ def register(subparsers) -> None:
     c.add_argument("--comparison", default=None, help="comparison to test (default: the first model_vs_* in A)")
     c.add_argument("--metric", default="dice", help="per-case metric column (default dice)")
     c.set_defaults(func=_compare)
+
+    n = subparsers.add_parser(
+        "import-nnunet",
+        help="stage 1 from a trained nnU-Net v2 model: its weights as a plgg-fl checkpoint",
+        description="Maps an nnU-Net v2 3d_fullres PlainConvUNet (plans.json, dataset.json, fold_N/checkpoint_*.pth) onto the "
+        "matching PlggUNet and writes an engine checkpoint with the preprocessing its plans imply: `plgg-fl simulate` takes it "
+        "as `pretrained:`, `plgg-fl submit --init` as stage 2's start. What maps exactly and what is refused: docs/ENGINE.md.",
+    )
+    n.add_argument("results", type=Path, metavar="RESULTS",
+                   help="nnU-Net trainer folder (.../DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres), the dataset "
+                        "folder holding it, or a checkpoint .pth")
+    n.add_argument("--fold", default="0", help="fold to import: 0-4 or all (default 0); nnU-Net's own predictions average its folds")
+    n.add_argument("--checkpoint", choices=("final", "best"), default="final", help="checkpoint_final.pth (default) or checkpoint_best.pth")
+    n.add_argument("--out", required=True, type=Path, metavar="CKPT", help="engine checkpoint to write")
+    n.add_argument("--configuration", default=None, help="nnU-Net configuration (default: the checkpoint's, else 3d_fullres)")
+    n.add_argument("--trainer", default="nnUNetTrainer", help="trainer folder prefix when RESULTS is a dataset folder")
+    n.add_argument("--plans", default="nnUNetPlans", help="plans name when RESULTS is a dataset folder")
+    n.add_argument("--channel", default=None,
+                   help="input channel to keep: index or dataset.json channel_names name (default: the one named T2)")
+    n.add_argument("--region", default=None,
+                   help="region-based models: the whole-tumour region, name or output index (default: the one covering every label)")
+    n.add_argument("--reinit-heads", action="store_true",
+                   help="label-based multi-class models: import all but the output heads, which start fresh (stage 2 trains them)")
+    n.add_argument("--axes", choices=("reverse", "keep"), default="reverse",
+                   help="reverse (default): nnU-Net's reversed voxel order to plgg-fl's RAS order; keep: as nnU-Net has them")
+    n.add_argument("--trust-checkpoint", action="store_true",
+                   help="read the nnU-Net checkpoint with weights_only=False when the safe reader refuses it (a checkpoint can "
+                        "run code: only for files you trust)")
+    n.set_defaults(func=_import_nnunet)
 
 
 def _manifest(path: Path):
@@ -228,6 +258,34 @@ def _compare(args: argparse.Namespace) -> int:
     w = compare_models(a, b, comparison, args.metric)
     print(f"{comparison} {args.metric}: n={w['n']} median difference (A - B) {w['median_difference']:.4f}; "
           f"Wilcoxon W={w['statistic']} p={w['p_value']}" + (f" ({w['note']})" if "note" in w else ""))
+    return 0
+
+
+def _import_nnunet(args: argparse.Namespace) -> int:
+    from plgg_fl.engine.nnunet_import import NnUNetImportError, import_nnunet
+
+    try:
+        res = import_nnunet(args.results, args.out, fold=args.fold, checkpoint=args.checkpoint, configuration=args.configuration,
+                            trainer=args.trainer, plans_name=args.plans, channel=args.channel, region=args.region,
+                            reinit_heads=args.reinit_heads, axes=args.axes, trust_checkpoint=args.trust_checkpoint)
+    except NnUNetImportError as exc:
+        raise CommandError(f"cannot import: {exc}", args.results) from None
+    nn = res.meta["nnunet"]
+    cfg = res.config
+    net = f"preset {res.preset}" if res.preset else f"PlggUNet({res.model_args})"
+    print(f"{res.path}: {res.meta['source']} -> {net}, {res.n_parameters / 1e6:.1f} M parameters")
+    ch = nn["input_channel"]
+    print(f"  input:  channel {ch['index']} '{ch['name']}' of {ch['of']}")
+    out = nn["output"]
+    print("  output: " + (f"region '{out['region']}' (sigmoid) as the 2-class softmax" if out["kind"] == "region" else out["mapping"]))
+    print(f"  preprocessing: patch {list(cfg.patch_size)} voxels at {list(cfg.spacing_mm)} mm ({cfg.orientation} axis order), "
+          "z-score over non-zero voxels")
+    for w in res.warnings:
+        print(f"  note: {w}")
+    if res.preset:
+        print(f"start stage 2 from it: a simulate config with `preset: {res.preset}`, `pretrained: {res.path}` and "
+              f"`train: {{patch_size: {list(cfg.patch_size)}, spacing_mm: {list(cfg.spacing_mm)}}}`; or "
+              f"`plgg-fl submit --stage plgg_finetune --init {res.path}` with such a config")
     return 0
 
 
