@@ -160,6 +160,18 @@ def test_stage_job_embeds_the_initial_model_and_deploys_to_its_sites(tmp_path):
     assert (ev / "app_server" / "custom" / "stepwise.pt").read_bytes() == ckpt.read_bytes()
 
 
+def test_an_engine_checkpoint_is_shipped_as_the_state_dict_nvflare_reads(tmp_path):
+    from plgg_fl.engine import PlggUNet, TrainConfig, save_checkpoint
+
+    model = PlggUNet("tiny")  # e.g. `plgg-fl import-nnunet` or `plgg-fl train` output: weights plus train config, meta
+    ckpt = save_checkpoint(tmp_path / "stage1.pt", model, TrainConfig.for_preset("tiny"), meta={"source": "test"})
+    job = api.prepare_stage_job("plgg_finetune", TINY, tmp_path / "out", ckpt)
+    shipped = torch.load(job / "app_server" / "custom" / api.INITIAL_MODEL_NAME, weights_only=True)
+    assert set(shipped) == {"model"}  # NVFlare's PT persistor takes {"model": state dict}, not the engine format
+    assert all(torch.equal(shipped["model"][k], v) for k, v in model.state_dict().items())
+    assert shipped["model"].keys() == model.state_dict().keys()
+
+
 def test_status_says_an_idle_server_is_up_not_stopped():
     from nvflare.fuel.flare_api.api_spec import JobInfo, ServerInfo, SystemInfo
 

@@ -193,7 +193,9 @@ def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
     """Make training job ``job_dir`` start from ``checkpoint``, shipped inside the job folder.
 
     Copies the file into every app's ``custom/`` and points each server-side PT persistor at it by
-    relative name. Returns the job folder.
+    relative name. NVFlare's persistor reads ``{"model": state dict}`` or a bare state dict, so an
+    engine checkpoint (``plgg-fl train``, ``plgg-fl import-nnunet``) is shipped as its state dict in
+    that form; any other file as it is. Returns the job folder.
     """
     job_dir = Path(job_dir)
     changed = False
@@ -206,11 +208,27 @@ def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
                 changed = True
         if changed:
             (app / "custom").mkdir(exist_ok=True)
-            shutil.copyfile(checkpoint, app / "custom" / INITIAL_MODEL_NAME)
+            _write_initial_model(Path(checkpoint), app / "custom" / INITIAL_MODEL_NAME)
             server_cfg.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
     if not changed:
         raise ValueError(f"{job_dir}: no PTFileModelPersistor in a server config; cannot set its initial model")
     return job_dir
+
+
+def _write_initial_model(src: Path, dest: Path) -> None:
+    """``src`` at ``dest`` in a form NVFlare's PT persistor reads (see :func:`embed_initial_model`)."""
+    import torch
+
+    from plgg_fl.engine.checkpoint import read_weights
+
+    try:
+        state, engine_config = read_weights(src)  # a train config comes with engine checkpoints only
+    except ValueError:  # no state dict plgg-fl reads: shipped as it is, the job says what NVFlare makes of it
+        engine_config = None
+    if engine_config is not None:
+        torch.save({"model": state}, dest)
+    else:
+        shutil.copyfile(src, dest)
 
 
 def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoint: str | Path | None = None,
