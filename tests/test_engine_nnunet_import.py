@@ -20,7 +20,6 @@ pytest.importorskip("nnunetv2")
 pytest.importorskip("dynamic_network_architectures")
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: E402
 
 from plgg_fl.cli import main  # noqa: E402
 from plgg_fl.engine.checkpoint import load_checkpoint, read_weights  # noqa: E402
@@ -89,13 +88,15 @@ def dataset_for(channels: dict, labels: dict) -> dict:
 
 
 def build_network(plans: dict, ds: dict, seed: int = 0) -> torch.nn.Module:
-    """nnU-Net's own network for the plans (its PlansManager and get_network_from_plans, deep supervision on),
-    every parameter drawn at random."""
-    pm = PlansManager(copy.deepcopy(plans))
-    cm = pm.get_configuration("3d_fullres")
-    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-                                 len(ds["channel_names"]), pm.get_label_manager(ds).num_segmentation_heads,
-                                 allow_init=True, deep_supervision=True)
+    """nnU-Net's own network for the plans, built as its trainer builds it (get_network_from_plans on the
+    configuration's architecture entry, deep supervision on), every parameter drawn at random. Outputs: one
+    per region (region-based) or per label, as nnU-Net's LabelManager counts them."""
+    arch = copy.deepcopy(plans["configurations"]["3d_fullres"]["architecture"])
+    labels = [v for k, v in ds["labels"].items() if k != "ignore"]
+    regions = any(isinstance(v, list) and len(v) > 1 for v in labels)
+    n_out = sum(v != 0 for v in labels) if regions else len({x for v in labels for x in (v if isinstance(v, list) else [v])})
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                 len(ds["channel_names"]), n_out, allow_init=True, deep_supervision=True)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
