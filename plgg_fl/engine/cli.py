@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from plgg_fl.cliopts import add_aliased
-from plgg_fl.errors import CommandError, WorkError, about_file
+from plgg_fl.errors import CommandError, WorkError, about_file, os_error
 
 __all__ = ["register", "site_cases"]
 
@@ -103,8 +103,8 @@ def register(subparsers) -> None:
     n.add_argument("--checkpoint", choices=("final", "best"), default="final", help="checkpoint_final.pth (default) or checkpoint_best.pth")
     n.add_argument("--out", required=True, type=Path, metavar="CKPT", help="engine checkpoint to write")
     n.add_argument("--configuration", default=None, help="nnU-Net configuration (default: the checkpoint's, else 3d_fullres)")
-    n.add_argument("--trainer", default="nnUNetTrainer", help="trainer folder prefix when RESULTS is a dataset folder")
-    n.add_argument("--plans", default="nnUNetPlans", help="plans name when RESULTS is a dataset folder")
+    n.add_argument("--trainer", default="nnUNetTrainer", help="trainer, when RESULTS is a dataset folder (default nnUNetTrainer)")
+    n.add_argument("--plans", default="nnUNetPlans", help="plans name, when RESULTS is a dataset folder (default nnUNetPlans)")
     n.add_argument("--channel", default=None,
                    help="input channel to keep: index or dataset.json channel_names name (default: the one named T2)")
     n.add_argument("--region", default=None,
@@ -269,7 +269,10 @@ def _import_nnunet(args: argparse.Namespace) -> int:
                             trainer=args.trainer, plans_name=args.plans, channel=args.channel, region=args.region,
                             reinit_heads=args.reinit_heads, axes=args.axes, trust_checkpoint=args.trust_checkpoint)
     except NnUNetImportError as exc:
-        raise CommandError(f"cannot import: {exc}", args.results) from None
+        what, prefix = str(exc), f"{args.results}: "
+        raise CommandError("cannot import: " + (what[len(prefix):] if what.startswith(prefix) else what), args.results) from None
+    except OSError as exc:
+        raise os_error(exc) from None
     nn = res.meta["nnunet"]
     cfg = res.config
     net = f"preset {res.preset}" if res.preset else f"PlggUNet({res.model_args})"
