@@ -16,6 +16,7 @@ A checkpoint (``torch.save`` of plain data; loads with ``weights_only=True``) ho
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     cfg = TrainConfig.from_dict(ck["train_config"])
     meta = {**ck.get("meta", {}), "step": ck["step"], "preprocessing": ck["preprocessing"], "path": str(path)}
     return model, cfg, meta
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB blocks: how model cards and imports name the exact weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -62,21 +62,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         deep_supr_num=4,
         res_block=False,
     ),
-    # nnU-Net v2's default 3d_fullres PlainConvUNet as its planner makes it for BraTS (128^3 at 1 mm):
-    # ``nnunet`` with a bias in the decoder's transposed convolutions (dynamic_network_architectures puts
-    # one there; MONAI's DynUNet has none by default). What `plgg-fl import-nnunet` maps a standard
-    # BraTS model onto, so the federated pipeline can start from it by preset name.
-    "nnunet_v2": dict(
-        filters=[32, 64, 128, 256, 320, 320],
-        kernel_size=[3, 3, 3, 3, 3, 3],
-        strides=[1, 2, 2, 2, 2, 2],
-        norm="instance",
-        deep_supervision=True,
-        deep_supr_num=4,
-        res_block=False,
-        trans_bias=True,
-    ),
 }
+# nnU-Net v2's default 3d_fullres PlainConvUNet as its planner makes it for BraTS (128^3 at 1 mm):
+# ``nnunet`` with a bias in the decoder's transposed convolutions (dynamic_network_architectures puts
+# one there; MONAI's DynUNet has none by default). What `plgg-fl import-nnunet` maps a standard
+# BraTS model onto, so the federated pipeline can start from it by preset name.
+PRESETS["nnunet_v2"] = {**copy.deepcopy(PRESETS["nnunet"]), "trans_bias": True}
 
 #: Arguments every preset has, with these values unless the preset or an override sets them.
 _COMMON_DEFAULTS: dict[str, Any] = {"in_channels": 1, "out_channels": 2, "dropout": None, "trans_bias": False}

@@ -48,7 +48,6 @@ docs/ENGINE.md ("Stage 1 from nnU-Net") says the same for users.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -59,6 +58,7 @@ from typing import Any, Callable
 
 import torch
 
+from plgg_fl.engine.checkpoint import file_sha256
 from plgg_fl.engine.config import TrainConfig
 from plgg_fl.engine.networks import PRESETS, PlggUNet, preset_args
 
@@ -548,14 +548,6 @@ def _json(path: Path) -> dict | None:
         raise NnUNetImportError(f"{path}: not readable JSON ({exc})") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_nnunet(results: str | Path, out: str | Path, *, fold: str | int = 0, checkpoint: str = "final",
                   configuration: str | None = None, trainer: str = "nnUNetTrainer", plans_name: str = "nnUNetPlans",
                   channel: str | int | None = None, region: str | int | None = None, reinit_heads: bool = False,
@@ -636,7 +628,7 @@ def import_nnunet(results: str | Path, out: str | Path, *, fold: str | int = 0, 
         "nnunet": {
             "dataset": plans.get("dataset_name"), "trainer": trainer_name, "plans": plans.get("plans_name"),
             "configuration": conf_name, "fold": str(fold), "checkpoint": str(ckpt_path.resolve()),
-            "checkpoint_sha256": _sha256(ckpt_path), "epoch": epoch if isinstance(epoch, int) else None,
+            "checkpoint_sha256": file_sha256(ckpt_path), "epoch": epoch if isinstance(epoch, int) else None,
             "network": "PlainConvUNet", "preset": preset, "model_args": model_args,
             "input_channel": {"index": ch, "name": ch_name, "of": n_in,
                               "exact": "as nnU-Net with every other input channel zero" if n_in > 1 else "as nnU-Net"},

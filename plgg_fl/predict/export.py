@@ -13,7 +13,6 @@ config, the checkpoint's meta (stages, sites, rounds, metrics when present) and 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import platform
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from plgg_fl.engine.checkpoint import file_sha256
 from plgg_fl.predict.io import SetupError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ class ExportedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -130,7 +122,7 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
         "format": FORMAT,
         "weights": WEIGHTS,
         "weights_format": "torch.export (torch.export.load(path).module())",
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "exported_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"class": raw["model_class"], "preset": model.preset, "args": raw["model_args"], "arch": model.arch},
         "input": {
@@ -154,7 +146,7 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
         "train_config": cfg.to_dict(),
         "training": {"step": raw["step"], **training},
         "checkpoint_meta": {k: v for k, v in raw.get("meta", {}).items()},
-        "source_checkpoint": {"name": ckpt.name, "sha256": _sha256(ckpt)},
+        "source_checkpoint": {"name": ckpt.name, "sha256": file_sha256(ckpt)},
         "versions": package_versions(),
     }
     atomic_write(out / CARD, lambda p: p.write_text(json.dumps(_plain(card), indent=2), encoding="utf-8"), overwrite=overwrite)
