@@ -123,14 +123,20 @@ def test_inputs_that_would_share_an_output_stop_the_run_before_any_work(ckpt, tm
     assert str(d / "a.nii.gz") in line and re.search(re.escape(str(d / "a.nii")) + r"(?!\.gz)", line)
     assert not list(out.glob("*.nii*")) and not (out / "volumes.csv").exists()
 
-    # an output that would replace an input (here: --out is the input folder)
+    # an output that would replace an input (here: both files given, --out is their folder)
     e = tmp_path / "e"
     write_scan(e / "b.nii.gz", 43)
     write_scan(e / "b_mask.nii.gz", 44)
     before = (e / "b_mask.nii.gz").read_bytes()
-    assert predict(e, "--model", ckpt, "--out", e, "--overwrite") == 2
+    assert predict(e / "b.nii.gz", e / "b_mask.nii.gz", "--model", ckpt, "--out", e, "--overwrite") == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert "b_mask.nii.gz" in line and "input" in line
+    assert (e / "b_mask.nii.gz").read_bytes() == before and not (e / "volumes.csv").exists()
+
+    # --out is the input folder itself: the next run would read the masks as scans
+    assert predict(e, "--model", ckpt, "--out", e, "--overwrite") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "--out is an input folder" in line and str(e) in line
     assert (e / "b_mask.nii.gz").read_bytes() == before and not (e / "volumes.csv").exists()
 
 

@@ -216,13 +216,16 @@ def _error_text(item: ScanInput, exc: BaseException) -> str:
 def collect_inputs(sources: Sequence[str | Path], out_dir: Path, opts: PredictOptions) -> tuple[list[ScanInput], list[CaseResult]]:
     """(scans to segment with unique keys and their brain masks, failed rows for sources holding none).
 
-    Raises :class:`SetupError` if two inputs would write one file, an output would replace an input,
+    Raises :class:`SetupError` if two inputs would write one file, an output would replace an input, ``out_dir`` is an input folder,
     ``opts.brain_masks`` does not fit the inputs, or ``opts.dicom_seg`` is True for an input that is
     not a DICOM series (:mod:`plgg_fl.predict.naming`).
     """
     items: list[ScanInput] = []
     failed: list[CaseResult] = []
     for src in sources:
+        if Path(src).is_dir() and Path(src).resolve() == Path(out_dir).resolve():
+            raise SetupError("--out is an input folder: the masks written there would be read as scans (or as a "
+                             "second DICOM series) by the next run; choose another --out", src)
         try:
             items += discover_inputs(src, split=opts.split)
         except InputError as exc:
