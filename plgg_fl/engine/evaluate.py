@@ -122,20 +122,25 @@ def summarise(rows: Sequence[dict[str, Any]], nsd_tolerance_mm: float = 2.0) -> 
         "nsd_tolerance_mm": nsd_tolerance_mm,
         "surface_dice_definition": SURFACE_DICE_DEFINITION,
     }
-    pooled: dict[str, dict[str, dict[str, float]]] = {}
-    for name, pick in (("model_vs_raters", lambda r: r["a"] == "model"), ("inter_rater", lambda r: r["a"] != "model")):
-        per_case: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for r in rows:
-            if pick(r):
-                for m in POOLED_METRICS:
-                    per_case[r["key"]][m].append(r[m])
-        pooled[name] = {m: {k: float(np.nanmean(v[m])) for k, v in per_case.items()} for m in POOLED_METRICS}
+    pooled = {name: {m: pooled_values(rows, m, model=name == "model_vs_raters") for m in POOLED_METRICS}
+              for name in ("model_vs_raters", "inter_rater")}
     if pooled["inter_rater"]["dice"]:
         for name in pooled:
             summary["groups"][name] = {m: describe(pooled[name][m].values()) for m in POOLED_METRICS}
         w = paired_wilcoxon(pooled["model_vs_raters"]["dice"], pooled["inter_rater"]["dice"])
         summary["wilcoxon_dice_model_vs_raters__inter_rater"] = w
     return summary
+
+
+def pooled_values(rows: Sequence[dict[str, Any]], metric: str = "dice", model: bool = True) -> dict[str, float]:
+    """``{case key: mean of metric}`` over the case's model-vs-rater rows (``model``) or its rater-vs-rater
+    rows (not ``model``): the per-case pooling of the paper's "AI vs experts" / "expert vs expert". NaN
+    values are left out of a mean; a case whose values are all NaN stays NaN."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if (r["a"] == "model") == model:
+            per[r["key"]].append(float(r[metric]))
+    return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in per.items()}
 
 
 def per_case_values(rows: Sequence[dict[str, Any]], comparison: str, metric: str = "dice") -> dict[str, float]:

@@ -14,12 +14,11 @@ al. 2021, :mod:`plgg_fl.engine.metrics`); its label carries the tolerance the ro
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from itertools import combinations
 from typing import Any, Iterable
 
-import numpy as np
 
+from plgg_fl.engine.evaluate import per_case_values, pooled_values
 from plgg_fl.engine.metrics import describe, paired_wilcoxon
 
 #: (metric column in per_case.csv, label, digits); the surface Dice label gets its tolerance from the
@@ -72,25 +71,17 @@ def raters(rows: Iterable[dict]) -> list[str]:
 
 def model_values(rows: Iterable[dict], metric: str) -> dict[str, float]:
     """``{case key: value}`` of the model against the reference(s): mean over references per case."""
-    per: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["a"] == "model":
-            per[r["key"]].append(float(r[metric]))
-    return {k: (float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan) for k, v in per.items()}
+    return pooled_values(list(rows), metric, model=True)
 
 
 def comparison_values(rows: Iterable[dict], comparison: str, metric: str) -> dict[str, float]:
     """``{case key: value}`` of one comparison (e.g. ``model_vs_expert1``, ``expert1_vs_expert2``)."""
-    return {r["key"]: float(r[metric]) for r in rows if r["comparison"] == comparison}
+    return per_case_values(list(rows), comparison, metric)
 
 
 def inter_rater_values(rows: Iterable[dict], metric: str) -> dict[str, float]:
     """``{case key: mean over rater pairs}`` (cases with at least two references)."""
-    per: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["a"] != "model":
-            per[r["key"]].append(float(r[metric]))
-    return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in per.items()}
+    return pooled_values(list(rows), metric, model=False)
 
 
 def reference_label(rows: list[dict]) -> str:
