@@ -124,9 +124,14 @@ class TrainConfig:
         return bool(self.cpu_bf16)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA where available, else CPU; any other name as torch reads it (``cpu``, ``cuda``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @functools.lru_cache(maxsize=1)

@@ -156,10 +156,10 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
 def load_model(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model on ``device`` in eval mode, TrainConfig, card-or-meta) from a checkpoint file or export folder."""
     from plgg_fl.engine.checkpoint import load_checkpoint
-    from plgg_fl.engine.config import TrainConfig
+    from plgg_fl.engine.config import TrainConfig, resolve_device
 
     path = Path(path)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = resolve_device(device)
     if not path.exists():
         raise ModelError("model not found: give an engine checkpoint or an export folder", path)
     if path.is_dir():
