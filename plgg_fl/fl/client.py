@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     _, decoder_keys = encoder_decoder_keys(model)
     send_keys = decoder_keys if args.stage == "decoder" else all_keys
     trainer = None
+    validation = None  # (usable validation cases, their counts): the split is checked once per job
     n_evaluated = 0  # models scored so far (an evaluation job may send several)
     print(f"[{site}] data from {site_cfg.source}; stage={args.stage}; {len(send_keys)}/{len(all_keys)} tensors sent")
 
@@ -134,8 +135,10 @@ def main(argv=None) -> None:
             # every tensor, or (stage 3) exactly the decoder's; anything else stops the site with the keys named
             load_received_weights(model, state, decoder_keys if args.stage == "decoder" else None)
         if flare.is_train():
-            metrics = {}
-            val_cases = site_cases(manifest, args.val_split, metrics, f"{args.val_split}/", required=False)
+            if validation is None:
+                counts: dict[str, float] = {}
+                validation = site_cases(manifest, args.val_split, counts, f"{args.val_split}/", required=False), counts
+            val_cases, metrics = validation[0], dict(validation[1])  # the counts go with every round
             val_dice = float(validate(model, val_cases, cfg)["val_dice"]) if val_cases else math.nan
             if math.isfinite(val_dice):  # the mean only; per-case values stay here
                 metrics["val_dice"] = val_dice
