@@ -189,3 +189,15 @@ def test_pairs_several_mask_patterns_mix_single_and_per_rater_masks(tmp_path, da
     cases = {c.key: c for c in m.cases}
     assert set(cases) == {"a", "b"}  # mask files are never taken for images
     assert cases["a"].raters == ["ref"] and cases["b"].raters == ["expert1", "expert2"]
+
+
+def test_t2_channel_names_leave_out_flair_and_t2star():
+    from plgg_fl.data.importers import _nnunet_channel
+
+    brats23 = {"channel_names": {"0": "t1n", "1": "t1c", "2": "t2w", "3": "t2f"}}  # BraTS 2023: t2f is T2-FLAIR
+    assert _nnunet_channel(brats23, None, Path("dataset.json")) == 2
+    brats21 = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}}
+    assert _nnunet_channel(brats21, None, Path("dataset.json")) == 2
+    flair_only = {"channel_names": {"0": "t1n", "1": "t2f", "2": "T2star"}}
+    with pytest.raises(DataImportError, match="no T2 channel"):
+        _nnunet_channel(flair_only, None, Path("dataset.json"))

@@ -160,11 +160,16 @@ def _first_existing(folder: Path, key: str, suffix: str) -> Path | None:
 # ----------------------------------------------------------------------------- nnU-Net raw
 
 _T2_NAMES = {"t2", "t2w", "t2weighted"}
+#: Channel names that start with "t2" but are not T2-weighted images: BraTS 2023's "t2f" is T2-FLAIR.
+_NOT_T2 = {"t2f"}
 
 
 def _is_t2(name: str) -> bool:
+    """A channel name that means a T2-weighted image (``T2``, ``T2w``, ``t2_tse`` ...; not FLAIR, T2*, ``t2f``)."""
     norm = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return norm in _T2_NAMES or (norm.startswith("t2") and "flair" not in norm and "star" not in norm)
+    if norm in _NOT_T2 or "flair" in norm or "star" in norm:
+        return False
+    return norm in _T2_NAMES or norm.startswith("t2")
 
 
 def _nnunet_channel(meta: dict, channel, where: Path) -> int:
