@@ -164,3 +164,26 @@ def test_quantize_option_names_nvflare_filters_and_refuses_what_cannot_run(tmp_p
     data["stages"]["decoder"] = {**data["stages"]["decoder"], "quantize": "blockwise8"}
     with pytest.raises(ConfigError, match="blockwise8 runs on CUDA only"):
         config_from_dict(data, "test")
+
+
+def test_jobs_export_init_ships_an_engine_checkpoint_in_the_form_nvflare_reads(tmp_path):
+    import torch
+
+    from plgg_fl.cli import main
+    from plgg_fl.engine import PlggUNet, TrainConfig, save_checkpoint
+
+    model = PlggUNet(preset="tiny")
+    ckpt = save_checkpoint(tmp_path / "stage1.pt", model, TrainConfig.for_preset("tiny"))
+    assert main(["jobs", "export", "--out", str(tmp_path / "jobs"), "--config", "tiny", "--stage", "plgg_finetune",
+                 "--init", str(ckpt)]) == 0
+    converted = tmp_path / "stage1.nvflare.pt"
+    server = (tmp_path / "jobs" / "plgg_finetune" / "app_server" / "config" / "config_fed_server.json").read_text(encoding="utf-8")
+    assert str(converted) in server and str(ckpt) not in server
+    state = torch.load(converted, weights_only=True)["model"]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    nvflare_form = tmp_path / "plain.pt"
+    torch.save({"model": model.state_dict()}, nvflare_form)
+    assert main(["jobs", "export", "--out", str(tmp_path / "jobs2"), "--config", "tiny", "--stage", "plgg_finetune",
+                 "--init", str(nvflare_form)]) == 0  # already NVFlare's form: used as given
+    server2 = tmp_path / "jobs2" / "plgg_finetune" / "app_server" / "config" / "config_fed_server.json"
+    assert str(nvflare_form) in server2.read_text(encoding="utf-8")

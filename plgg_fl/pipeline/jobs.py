@@ -19,6 +19,7 @@ from pathlib import Path
 
 from plgg_fl.bundled import SOURCE_ROOT
 from plgg_fl.cliopts import add_aliased
+from plgg_fl.errors import CommandError
 from plgg_fl.fl import recipes
 
 
@@ -61,6 +62,33 @@ def diff_trees(a: Path, b: Path) -> list[str]:
     return out
 
 
+def nvflare_initial(path: str) -> str:
+    """``--init`` as NVFlare's persistor reads it (``{"model": state dict}`` or a bare state dict).
+
+    An engine checkpoint found at ``path`` (``plgg-fl train``, ``plgg-fl import-nnunet``) is written
+    once more as ``<stem>.nvflare.pt`` beside it, and the jobs start from that; the persistor would not
+    read the engine format. A path not on this machine (the server's) is used as given.
+    """
+    import torch
+
+    from plgg_fl.engine.checkpoint import read_weights
+
+    src = Path(path)
+    if not src.is_file():
+        return path
+    try:
+        state, engine_config = read_weights(src)
+    except ValueError as exc:
+        raise CommandError(f"--init: {exc}") from None
+    if engine_config is None:
+        return path
+    dest = src.with_name(src.stem + ".nvflare.pt")
+    torch.save({"model": state}, dest)
+    print(f"note: {src} is an engine checkpoint; the jobs start from {dest}, its weights in the form NVFlare's "
+          "persistor reads", file=sys.stderr)
+    return str(dest)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("jobs", help="NVFlare job folders: export (regenerate jobs/) or check for drift")
     sub = p.add_subparsers(dest="jobs_command", metavar="ACTION")
@@ -90,7 +118,8 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"drift: {d}")
         print("jobs up to date" if not drift else f"{len(drift)} file(s) differ; run `plgg-fl jobs export`")
         return 1 if drift else 0
-    for path in export_jobs(out, config, args.stage, args.initial_ckpt, models or None):
+    initial = None if args.initial_ckpt is None else nvflare_initial(args.initial_ckpt)
+    for path in export_jobs(out, config, args.stage, initial, models or None):
         print(f"exported {path}")
     if args.initial_ckpt is None and not models and out.resolve() != (SOURCE_ROOT / "jobs").resolve():
         print("note: no --init / --model given: training jobs start from the model class, plgg_evaluate has no model",
