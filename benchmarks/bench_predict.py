@@ -189,7 +189,8 @@ def time_case(model, cfg, fast_cfg, opts, src: Path, out: Path, truth: np.ndarra
         r["predict_fp32_sw1_s"] = time.perf_counter() - t0
         r["dice_bf16_batched_vs_fp32"] = dice(m_fast, m_fp32)
         r["dice_box_fp32_vs_naive"] = dice(m_fp32, m_naive)
-        plain = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1, crop=False)  # engine as is
+        plain = PredictOptions(overwrite=True, progress=False, precision="fp32", sw_batch_size=1, crop=False,
+                               hot_box=False)  # engine as is
         m_plain = plgg_predict(model, inference_config(cfg, plain), src, out, plain)
         r["dice_precrop_vs_engine_plain"] = dice(m_fp32, m_plain)
         r["dice_engine_plain_vs_truth"] = dice(m_plain, truth)  # what the engine's evaluator scores

@@ -60,3 +60,33 @@ def test_no_resampling_keeps_the_box_and_an_unalignable_axis_is_not_cut():
     got = lattice_box(box, (30, 40, 30), odd, (2.0, 2.0, 2.0))
     assert got[0] == slice(0, 30) and got[1] == slice(4, 30) and got[2] == slice(4, 25)
     assert nib.aff2axcodes(odd) == ("R", "A", "S")
+
+
+@pytest.mark.parametrize("axcodes,spacing_in,shape", [(("R", "A", "S"), (1.0, 1.0, 1.0), (64, 72, 56)),
+                                                      (("L", "I", "A"), (0.9, 1.1, 3.0), (60, 52, 20)),
+                                                      (("P", "S", "L"), (1.2, 0.8, 2.0), (50, 76, 30))])
+def test_hot_box_inverse_gives_the_full_inversions_mask(axcodes, spacing_in, shape):
+    """The inverse resampled only around the coarse voxels > 0.5 gives the mask of MONAI's full Invertd."""
+    from monai.transforms import Invertd
+
+    from plgg_fl.engine.config import TrainConfig
+    from plgg_fl.engine.infer import _load, invert_hot_box
+    from plgg_fl.engine.transforms import IMAGE, preprocess
+
+    img, seg, aff = blob_volume(shape, spacing_in, seed=5, tumour_radius_mm=9, axcodes=axcodes)
+    cfg = TrainConfig.for_preset("tiny", spacing_mm=(2.0, 2.0, 2.0))
+    chain = preprocess(cfg, with_label=False, load=False)
+    data = chain({IMAGE: _load(nib.Nifti1Image(img, aff))})
+    # a smooth 'probability' on the coarse grid: high on the bright tumour of the z-scored image
+    coarse = torch.sigmoid((torch.as_tensor(np.asarray(data[IMAGE][0])) - 1.5) * 4.0)[None]
+    fg = MetaTensor(coarse.float(), meta=dict(data[IMAGE].meta))
+    full = Invertd(keys="pred", transform=chain, orig_keys=IMAGE, nearest_interp=False)({**data, "pred": fg})["pred"][0]
+    fast = invert_hot_box(fg, aff, img.shape)
+    assert fast is not None and fast.shape == img.shape
+    assert (np.asarray(full) > 0.5).sum() > 50
+    np.testing.assert_array_equal(np.asarray(full) > 0.5, fast > 0.5)
+    empty = MetaTensor(torch.zeros_like(coarse), meta=dict(data[IMAGE].meta))
+    assert not invert_hot_box(empty, aff, img.shape).any()
+    edge = coarse.clone()
+    edge[0, 0] = 0.9  # a voxel > 0.5 on the grid's edge: padding would decide, so the full inversion is asked for
+    assert invert_hot_box(MetaTensor(edge, meta=dict(data[IMAGE].meta)), aff, img.shape) is None

@@ -167,10 +167,11 @@ def test_export_gives_the_same_mask_as_its_checkpoint(ckpt, tmp_path):
 
 
 def test_speed_options_keep_the_engine_answer(ckpt, tmp_path):
-    """Brain-box crop, bf16 and batched windows vs the engine's plain path (whole input, fp32, 1 window)."""
+    """Brain-box crop, bf16, batched windows and the hot-box inverse vs the engine's plain path (whole input,
+    fp32, 1 window, full inversion)."""
     img, _, aff = blob_volume((60, 52, 20), (1.0, 1.2, 2.5), seed=27, tumour_radius_mm=9, axcodes=("L", "P", "S"))
     src = save(tmp_path / "s.nii.gz", img, aff)
-    plain = PredictOptions(crop=False, precision="fp32", sw_batch_size=1, **QUIET)
+    plain = PredictOptions(crop=False, precision="fp32", sw_batch_size=1, hot_box=False, **QUIET)
     fast = PredictOptions(crop=True, precision="bf16", sw_batch_size=4, **QUIET)
     masks = []
     for name, opts in (("plain", plain), ("fast", fast)):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage
+from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage, SpatialResample
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -110,10 +110,14 @@ def predict(
     keep_largest: bool | None = None,
     return_prob: bool = False,
     progress: bool = False,
+    hot_box: bool = False,
 ) -> Prediction:
     """Segment one image (path or nibabel image). ``tta``/``keep_largest`` default to the config's.
 
     The model is put in eval mode (restored afterwards) and run on the device its parameters are on.
+    ``hot_box`` (no ``return_prob``): resample the foreground probability back only where the mask can
+    be (:func:`invert_hot_box`); the mask is the full inversion's up to float rounding (~1e-7), at a
+    fraction of its cost.
     """
     tta = cfg.tta if tta is None else tta
     keep_largest = cfg.keep_largest if keep_largest is None else keep_largest
@@ -130,15 +134,48 @@ def predict(
     finally:
         model.train(was_training)
     fg = MetaTensor(probs[0, 1:2].contiguous(), meta=dict(data[IMAGE].meta))
-    data["pred"] = fg
-    inv = Invertd(keys="pred", transform=chain, orig_keys=IMAGE, nearest_interp=False, to_tensor=True)(data)["pred"]
-    prob = np.asarray(inv[0].detach().cpu().numpy(), dtype=np.float32)
+    prob = invert_hot_box(fg, affine, shape) if hot_box and not return_prob else None
+    if prob is None:
+        data["pred"] = fg
+        inv = Invertd(keys="pred", transform=chain, orig_keys=IMAGE, nearest_interp=False, to_tensor=True)(data)["pred"]
+        prob = np.asarray(inv[0].detach().cpu().numpy(), dtype=np.float32)
     if prob.shape != shape:
         raise RuntimeError(f"inverted prediction has shape {prob.shape}, input {shape}")
     mask = (prob > 0.5).astype(np.uint8)
     if keep_largest and mask.any():
         mask = keep_largest_component(mask)
     return Prediction(mask=mask, affine=affine, prob=prob if return_prob else None)
+
+
+def invert_hot_box(fg: MetaTensor, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Foreground probability [X, Y, Z] on the input grid, exact only where it can exceed 0.5 (0 elsewhere).
+
+    ``fg`` [1, x, y, z] is the probability on the preprocessed grid (its affine maps that grid to world
+    mm); ``affine`` / ``shape`` are the input's. A bilinear value > 0.5 needs a coarse voxel > 0.5 in its
+    2x2x2 stencil, so only the input voxels that sample the box around the coarse voxels > 0.5 (grown by
+    one voxel) are resampled, straight onto the input's own axes (MONAI ``SpatialResample``, bilinear);
+    every other voxel is <= 0.5 in the full inversion and 0 here. Returns None (use the full inversion)
+    when that box touches the edge of the preprocessed grid, where padding would decide the values.
+    """
+    hot = np.argwhere(np.asarray(fg[0].detach().cpu()) > 0.5)
+    if hot.size == 0:
+        return np.zeros(shape, np.float32)
+    grid = np.asarray(fg.shape[1:])
+    lo, hi = hot.min(0) - 1, hot.max(0) + 2  # coarse voxels [lo, hi): the hot ones and their neighbours
+    if (lo < 0).any() or (hi > grid).any():
+        return None
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0] - 0.5, hi[0] - 0.5) for y in (lo[1] - 0.5, hi[1] - 0.5)
+                        for z in (lo[2] - 0.5, hi[2] - 0.5)]).T
+    at = (np.linalg.inv(affine) @ np.asarray(fg.affine, dtype=np.float64) @ corners)[:3]  # input voxel indices
+    start = np.maximum(np.floor(at.min(1)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(at.max(1)).astype(int) + 2, np.asarray(shape))
+    box_affine = np.array(affine, dtype=np.float64, copy=True)
+    box_affine[:3, 3] = box_affine[:3, :3] @ start + box_affine[:3, 3]
+    values = SpatialResample(mode="bilinear", padding_mode="border")(
+        fg, dst_affine=torch.as_tensor(box_affine), spatial_size=tuple(int(n) for n in stop - start))
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(a, b) for a, b in zip(start, stop))] = np.asarray(values[0].detach().cpu(), dtype=np.float32)
+    return out
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:

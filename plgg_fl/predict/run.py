@@ -49,6 +49,8 @@ class PredictOptions:
     on other CPUs; CUDA uses the model's fp16 AMP setting) | fp32 | bf16. ``crop``: cut the brain's
     bounding box (+ ``margin_mm``) out of the input before the engine's chain and paste the result
     back; None = iff the model crops to the brain anyway (``crop_to_brain``), so it only saves work.
+    ``hot_box``: resample the probability back to the input grid only around the coarse voxels above
+    0.5 (the mask is the full inversion's up to float rounding; off whenever ``prob`` is asked for).
     ``dicom_seg``: also write ``<key>_seg.dcm``; None = for DICOM series inputs, True = required for
     every input (a run with any other input does not start).
     """
@@ -66,6 +68,7 @@ class PredictOptions:
     sw_batch_size: int | None = None
     crop: bool | None = None
     margin_mm: float = 8.0
+    hot_box: bool = True
     dicom_seg: bool | None = None
 
 
@@ -141,7 +144,8 @@ def segment_scan(model: Any, cfg: Any, item: ScanInput, out_dir: Path, opts: Pre
     if crop:
         box = lattice_box(brain_box(brain, scan.affine, opts.margin_mm), scan.shape, scan.affine, cfg.spacing_mm, cfg.orientation)
     sub = nib.Nifti1Image(np.ascontiguousarray(image[box]), crop_affine(scan.affine, box))
-    pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob)
+    pred = engine_predict(model, sub, cfg, tta=opts.tta, keep_largest=opts.keep_largest, return_prob=opts.prob,
+                          hot_box=opts.hot_box)
     mask = _paste(pred.mask, box, brain, np.uint8)
     prob = _paste(pred.prob, box, brain, np.float32) if opts.prob else None
     written = _write_outputs(scan, mask, prob, files, opts.overwrite, model_name)
