@@ -187,3 +187,26 @@ def test_jobs_export_init_ships_an_engine_checkpoint_in_the_form_nvflare_reads(t
                  "--init", str(nvflare_form)]) == 0  # already NVFlare's form: used as given
     server2 = tmp_path / "jobs2" / "plgg_finetune" / "app_server" / "config" / "config_fed_server.json"
     assert str(nvflare_form) in server2.read_text(encoding="utf-8")
+
+
+def test_protocol_builds_and_reads_every_metric_key_a_site_sends():
+    from plgg_fl.engine.evaluate import summarise
+    from plgg_fl.fl import protocol
+
+    from plgg_fl.engine.metrics import METRICS
+
+    rows = [{"key": f"c{i}", "comparison": cmp, "a": a, "b": b, **{m: 0.5 + 0.01 * i for m in METRICS}, "hd95_defined": True}
+            for i in range(12) for cmp, a, b in (("model_vs_r1", "model", "r1"), ("model_vs_r2", "model", "r2"), ("r1_vs_r2", "r1", "r2"))]
+    sent = protocol.scalar_metrics(summarise(rows), prefix="test/")
+    parsed = {k: protocol.parse_summary_key(k) for k in sent}
+    groups = {k: p for k, p in parsed.items() if p is not None}
+    assert {p.comparison for p in groups.values()} >= {"model_vs_r1", "model_vs_r2", "r1_vs_r2", "model_vs_raters", "inter_rater"}
+    assert all(protocol.summary_key(*p) == k for k, p in groups.items())  # built and read in one place, both ways
+    assert sent[protocol.summary_key("test", "model_vs_raters", "dice", "n")] == 12
+    assert protocol.parse_summary_key("val_dice") is None and protocol.parse_summary_key("test/excluded/cases") is None
+    with pytest.raises(ValueError):
+        protocol.summary_key("test", "model/vs", "dice", "median")
+    assert [protocol.stage(k).job for k in protocol.STAGE_KEYS] == list(protocol.JOB_NAMES[:3])
+    assert protocol.stage("plgg_decoder").trains == "decoder" and protocol.stage("finetune").number == 2
+    with pytest.raises(ValueError, match="unknown stage"):
+        protocol.stage("stage2")

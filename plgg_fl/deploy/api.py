@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
+from plgg_fl.fl.protocol import JOB_NAMES
 from plgg_fl.deploy.restart import END_REASON_KEY
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ TERMINAL_PREFIX = "FINISHED"
 #: job ends after which a site's error log is worth waiting for (not COMPLETED, not ABORTED by a user)
 FAILED_STATUSES = ("FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL")
 #: stage order of the stepwise pipeline; each training stage starts from the one before
-STAGES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
+STAGES = JOB_NAMES  # the jobs a chain submits, in order (plgg_fl.fl.protocol)
 INITIAL_MODEL_NAME = "initial_model.pt"
 GLOBAL_MODEL_NAMES = ("FL_global_model.pt", "best_FL_global_model.pt")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from plgg_fl.bundled import bundled_dir
 from plgg_fl.cliopts import add_hidden_alias
 from plgg_fl.errors import CommandError
+from plgg_fl.fl.protocol import JOB_NAMES
 
 DEFAULT_CONFIG = bundled_dir("simulator_configs") / "paper.yaml"
 
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
     _admin_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--job", help="a ready job folder (e.g. jobs/plgg_finetune)")
-    what.add_argument("--stage", choices=("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate"))
+    what.add_argument("--stage", choices=JOB_NAMES)
     what.add_argument("--chain", action="store_true", help="all stages in order, each from the previous global model")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline settings the stage jobs are built from")
     src = p.add_mutually_exclusive_group()

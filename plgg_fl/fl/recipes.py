@@ -44,6 +44,7 @@ from plgg_fl.fl.controller import ROUND_TIMEOUT_S, PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
 from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, RememberGlobalModel
+from plgg_fl.fl.protocol import EVALUATE_JOB, JOB_NAMES, TRAINS, stage  # noqa: F401 - JOB_NAMES: the recipes' names
 
 #: The client script, named by its bare file name with its own folder as the current one while a
 #: recipe is built, exported or run: NVFlare writes an in-process script's path into the job config
@@ -54,7 +55,6 @@ CLIENT_SCRIPT = "client.py"
 SCRIPT_DIR = Path(__file__).resolve().parent
 MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
-JOB_NAMES = ("brats_pretrain", "plgg_finetune", "plgg_decoder", "plgg_evaluate")
 # One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
 # exported in hash order, which differs between runs (and would make jobs/ drift).
 TASK_GROUPS = (["train"], ["validate"], ["submit_model"])
@@ -257,7 +257,7 @@ def training_recipe(
     name: str, sites: list[str], stage: str, opts: StageOptions, initial_ckpt: str | None = None
 ) -> Recipe:
     """A FedAvg training job over exactly ``sites``; ``stage`` is ``full`` or ``decoder``."""
-    if stage not in ("full", "decoder"):
+    if stage not in TRAINS:
         raise ValueError(f"stage must be 'full' or 'decoder', got {stage!r}")
     if opts.send not in ("full", "diff"):
         raise ValueError(f"send must be 'full' or 'diff', got {opts.send!r}")
@@ -286,19 +286,25 @@ def training_recipe(
     return _finish(recipe, opts)
 
 
+def _stage_recipe(key: str, sites, opts: StageOptions, initial_ckpt: str | None) -> Recipe:
+    """The training job of the stage with config key ``key`` (:data:`plgg_fl.fl.protocol.STAGES`)."""
+    st = stage(key)
+    return training_recipe(st.job, list(sites), st.trains, opts, initial_ckpt)
+
+
 def pretrain_recipe(opts: StageOptions, sites=("brats",), initial_ckpt: str | None = None) -> Recipe:
     """Stage 1: central (one-site) pretraining on adult BraTS, from scratch or ``initial_ckpt``."""
-    return training_recipe("brats_pretrain", list(sites), "full", opts, initial_ckpt)
+    return _stage_recipe("pretrain", sites, opts, initial_ckpt)
 
 
 def finetune_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
     """Stage 2: FedAvg of the whole network across the pediatric training sites."""
-    return training_recipe("plgg_finetune", list(sites), "full", opts, initial_ckpt)
+    return _stage_recipe("finetune", sites, opts, initial_ckpt)
 
 
 def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
     """Stage 3: encoder frozen at every site; only decoder tensors are trained, sent and merged."""
-    return training_recipe("plgg_decoder", list(sites), "decoder", opts, initial_ckpt)
+    return _stage_recipe("decoder", sites, opts, initial_ckpt)
 
 
 class EvaluateRecipe(_PackageScript, Recipe):
@@ -316,7 +322,7 @@ class EvaluateRecipe(_PackageScript, Recipe):
         models: dict[str, str] | None = None,
         train: dict[str, Any] | None = None,
         eval_splits: str = "test",
-        name: str = "plgg_evaluate",
+        name: str = EVALUATE_JOB,
         timeout_s: int = 6000,
     ):
         bad = {n: p for n, p in (models or {}).items() if not Path(p).is_absolute() and Path(p).name != p}

@@ -34,6 +34,7 @@ import yaml
 
 from plgg_fl.errors import CommandError
 from plgg_fl.fl.recipes import StageOptions
+from plgg_fl.fl.protocol import STAGE_KEYS
 
 #: The compared methods (Boyd et al. 2024 plus the two non-federated references).
 METHODS = {
@@ -44,7 +45,7 @@ METHODS = {
     "local_only": "each pediatric training site alone, stage 1 -> 2 -> 3 budget, no federation",
     "pooled": "all pediatric training data in one place, stage 1 -> 2 -> 3 budget (simulation-only bound)",
 }
-STAGES = ("pretrain", "finetune", "decoder")
+STAGES = STAGE_KEYS  # every config names each (plgg_fl.fl.protocol)
 _TOP = {"gpu", "job_timeout_s", "name", "cohort", "preset", "train", "stages", "evaluate", "handoff", "methods", "description", "pretrained"}
 
 

@@ -6,9 +6,8 @@ metrics the sites returned: ``{site: {method: {"<split>/groups/<comparison>/dice
 from __future__ import annotations
 
 import math
-import re
 
-_DICE_N = re.compile(r"^(?P<split>[^/]+)/groups/(?P<cmp>[^/]+)/dice/n$")
+from plgg_fl.fl.protocol import parse_summary_key, summary_key
 
 
 def summary_rows(evaluation: dict, methods: list[str]) -> list[dict]:
@@ -20,16 +19,14 @@ def summary_rows(evaluation: dict, methods: list[str]) -> list[dict]:
         for method in methods:
             metrics = evaluation[site].get(method, {})
             for key in sorted(metrics):
-                m = _DICE_N.match(key)
-                if not m or not (m["cmp"].startswith("model_vs_") or m["cmp"] == "inter_rater"):
+                k = parse_summary_key(key)
+                if k is None or (k.metric, k.statistic) != ("dice", "n"):
+                    continue
+                if not (k.comparison.startswith("model_vs_") or k.comparison == "inter_rater"):
                     continue  # expert-pair rows are summarised by the pooled inter_rater group
-                base = key[: -len("/n")]
-                ref = m["cmp"] if m["split"] == "test" else f"{m['split']}:{m['cmp']}"
-                rows.append({
-                    "method": method, "site": site, "reference": ref,
-                    "median": metrics.get(base + "/median", math.nan), "q1": metrics.get(base + "/q1", math.nan),
-                    "q3": metrics.get(base + "/q3", math.nan), "n": metrics[key],
-                })
+                ref = k.comparison if k.split == "test" else f"{k.split}:{k.comparison}"
+                stat = {q: metrics.get(summary_key(k.split, k.comparison, "dice", q), math.nan) for q in ("median", "q1", "q3")}
+                rows.append({"method": method, "site": site, "reference": ref, **stat, "n": metrics[key]})
     return rows
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from plgg_fl.engine.evaluate import read_rows
-from plgg_fl.engine.metrics import finite_number
+from plgg_fl.fl.protocol import scalar_metrics
 from plgg_fl.errors import CommandError
 from plgg_fl.pipeline.config import METHODS
 from plgg_fl.pipeline.status import unfinished_reason
@@ -121,16 +121,6 @@ class Run:
         return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        elif finite_number(v):
-            out[f"{prefix}{k}"] = float(v)
-    return out
-
-
 def _match(summary: dict[str, float], candidates: dict[str, dict[str, float]]) -> str | None:
     """The candidate method whose sent scalars agree with every shared key of ``summary`` (None if not unique)."""
     hits = []
@@ -184,7 +174,7 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
         for i, d in enumerate(dirs):
             summ = d / "summary.json"
             summary = json.loads(summ.read_text(encoding="utf-8")) if summ.is_file() else {}
-            matched = _match(_flatten(summary, f"{run.split}/"), sent) if summary else None
+            matched = _match(scalar_metrics(summary, f"{run.split}/", min_cases=0), sent) if summary else None
             label = d.parent / "model.json"  # written by the client: the model name the server sent
             named = json.loads(label.read_text(encoding="utf-8")).get("model") if label.is_file() else None
             if named and matched and named != matched:

@@ -33,7 +33,7 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
-from plgg_fl.engine.metrics import finite_number
+from plgg_fl.fl.protocol import TRAINS, scalar_metrics
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -42,7 +42,7 @@ log = logging.getLogger("plgg_fl.client")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--stage", choices=("full", "decoder"), default="full", help="what is trained and sent")
+    p.add_argument("--stage", choices=TRAINS, default="full", help="what is trained and sent")
     p.add_argument("--local-steps", type=int, default=10, help="optimiser steps per round")
     p.add_argument("--send", choices=("full", "diff"), default="full", help="weights or their differences")
     p.add_argument("--val-split", default="val", help="split the received global model is validated on")
@@ -58,7 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 #: its own with ``$PLGG_FL_MIN_SUMMARY_CASES``.
 MIN_SUMMARY_CASES = 5
 ENV_MIN_SUMMARY_CASES = "PLGG_FL_MIN_SUMMARY_CASES"
-_COUNTS = ("n", "n_undefined")
 
 
 def min_summary_cases() -> int:
@@ -68,25 +67,6 @@ def min_summary_cases() -> int:
         return max(1, int(raw)) if raw.strip() else MIN_SUMMARY_CASES
     except ValueError:
         raise ValueError(f"${ENV_MIN_SUMMARY_CASES} must be a whole number, got {raw!r}") from None
-
-
-def scalar_metrics(summary: dict, prefix: str = "", min_cases: int = 1) -> dict[str, float]:
-    """Flatten a nested summary to ``{"a/b": float}``, keeping finite numbers only (nothing else leaves).
-    A statistic computed over fewer than ``min_cases`` cases (a dict whose ``n`` is below it) is
-    reduced to its counts (``n``, ``n_undefined``); over fewer than ``2 * min_cases``, to its counts and
-    median."""
-    out: dict[str, float] = {}
-    n = summary.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n < 2 * min_cases:
-        keep = _COUNTS if n < min_cases else (*_COUNTS, "median")
-        summary = {k: v for k, v in summary.items() if k in keep}
-    for key, value in summary.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(scalar_metrics(value, prefix=f"{name}/", min_cases=min_cases))
-        elif finite_number(value):
-            out[name] = float(value)
-    return out
 
 
 def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, required: bool):
