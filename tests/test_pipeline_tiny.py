@@ -75,7 +75,8 @@ def test_evaluation_internal_and_external_per_expert(tiny_run):
     for site in ("cbtn", "dfci_bch"):  # per-case rows stay at the site, labelled by model name
         labels = [json.loads(p.read_text(encoding="utf-8"))["model"] for p in (out / "nvflare" / "evaluate").glob(f"*/{site}/**/model.json")]
         assert sorted(labels) == ["adult_only", "stepwise"]
-        assert len(list((out / "nvflare" / "evaluate").glob(f"*/{site}/**/model_*/test/per_case.csv"))) == 2
+        found = (out / "nvflare" / "evaluate").glob(f"*/{site}/**/plgg_results/*/*/test/per_case.csv")
+        assert sorted(p.parent.parent.name for p in found) == ["adult_only", "stepwise"]  # filed under the model's name
     assert (out / "metrics.csv").read_text(encoding="utf-8").count("\n") > 10
     table = (out / "summary.txt").read_text(encoding="utf-8")
     assert "stepwise" in table and "dfci_bch: model_vs_expert2" in table and "counts only (n=2)" in table

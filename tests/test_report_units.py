@@ -36,7 +36,7 @@ def test_study_values_average_references_and_keep_undefined_hd95_out():
 
 
 def _fake_run(tmp_path, models: list[tuple[str, float]], sent: dict, nsd_tolerance_mm: float = 2.0):
-    """A run folder by hand: site 's', one case; model_<n> labelled ``name`` with Dice ``d``. The rows
+    """A run folder by hand: site 's', one case; model_<n> labelled ``name`` (None: no label) with Dice ``d``. The rows
     carry no ``nsd_tolerance_mm`` (as per_case.csv files written before that column); the summary does."""
     import json
 
@@ -71,6 +71,14 @@ def test_result_folders_take_the_label_checked_against_the_numbers(tmp_path):
     _fake_run(tmp_path / "c", [("stepwise", 0.2), ("scratch", 0.6)], {"stepwise": {key: 0.6}, "scratch": {key: 0.2}})
     run = load_run(tmp_path / "c")
     assert run.per_case[("s", "stepwise")][0]["dice"] == 0.6 and len(run.notes) == 2
+    # no label and numbers that fit both: left out and said so, never assigned by order
+    _fake_run(tmp_path / "d", [(None, 0.5), (None, 0.5)], {"stepwise": {key: 0.5}, "scratch": {key: 0.5}})
+    run = load_run(tmp_path / "d")
+    assert run.per_case == {} and len(run.notes) == 2 and all("left out" in n for n in run.notes)
+    # two folders that both identify as one model: the second is left out, not written over the first
+    _fake_run(tmp_path / "e", [("stepwise", 0.6), ("stepwise", 0.6)], {"stepwise": {key: 0.6}, "scratch": {key: 0.2}})
+    run = load_run(tmp_path / "e")
+    assert set(run.per_case) == {("s", "stepwise")} and len(run.notes) == 1 and "also identifies" in run.notes[0]
 
 
 def test_surface_dice_label_carries_the_tolerance_the_results_used(tmp_path):

@@ -33,7 +33,7 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
-from plgg_fl.fl.protocol import TRAINS, scalar_metrics
+from plgg_fl.fl.protocol import MODEL_NAME_META, TRAINS, results_folder, scalar_metrics
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -151,10 +151,11 @@ def main(argv=None) -> None:
         elif flare.is_evaluate():
             metrics = {}
             n_evaluated += 1
-            model_dir = Path("plgg_results") / flare.get_job_id() / f"model_{n_evaluated}"
+            name = (received.meta or {}).get(MODEL_NAME_META)
+            model_dir = Path("plgg_results") / flare.get_job_id() / results_folder(name, n_evaluated)
             model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
-            name = (received.meta or {}).get("plgg_model_name", f"model_{n_evaluated}")
             (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}), encoding="utf-8")
+            name = name or f"model_{n_evaluated}"
             print(f"[{site}] evaluation: scoring model '{name}' on {args.eval_splits}")
             for split in [s for s in args.eval_splits.split(",") if s]:
                 cases = site_cases(manifest, split, metrics, f"{split}/", required=True)

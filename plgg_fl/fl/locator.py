@@ -22,9 +22,7 @@ from nvflare.app_opt.pt.decomposers import TensorDecomposer
 from nvflare.fuel.utils import fobs
 
 from plgg_fl.engine.checkpoint import read_weights
-
-
-MODEL_NAME_META = "plgg_model_name"
+from plgg_fl.fl.protocol import MODEL_NAME_META
 
 
 class CheckpointLocator(ModelLocator):

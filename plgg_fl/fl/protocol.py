@@ -51,6 +51,19 @@ def stage(name: str) -> Stage:
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_KEYS)} (jobs {', '.join(s.job for s in STAGES)})")
 
 
+#: task meta key naming the model an evaluation task carries (the server's ``--model NAME=PATH`` name);
+#: the site files its per-case results under it (``plgg_results/<job>/<name>/``) and the report matches by it
+MODEL_NAME_META = "plgg_model_name"
+
+
+def results_folder(name: str | None, order: int) -> str:
+    """The folder a site keeps a scored model's per-case results in: the model's name where it is a safe
+    file name (letters, digits, ``_``, ``-``, ``.``; not starting with ``.``), else ``model_<order>``."""
+    if name and len(name) <= 100 and name[0] != "." and all(c.isalnum() or c in "_-." for c in name):
+        return name
+    return f"model_{order}"
+
+
 #: the counts a summary too small to publish is reduced to
 COUNTS = ("n", "n_undefined")
 

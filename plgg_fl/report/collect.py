@@ -5,18 +5,19 @@ What is read, and from where::
     config.yaml                        the resolved config (methods, sites, seeds, train settings)
     metrics.json                       stages (per-round per-site metrics), evaluation scalars per site/method
     checkpoints/<method>_<job>.pt      the models (gallery re-prediction)
-    nvflare/evaluate/<job>/<site>/**/plgg_results/<job id>/model_<n>/<split>/per_case.csv
+    nvflare/evaluate/<job>/<site>/**/plgg_results/<job id>/<model>/<split>/per_case.csv
                                        per-case rows, written AT THE SITE by the evaluation job
 
 Per-case rows never leave a site in a real federation. In the simulator every site's workspace lies
 on one machine, so the report reads them all; at a real site, run the report's per-case parts on that
 site's own ``plgg_results`` and share only aggregates.
 
-The evaluation job numbers the models a site scored (``model_1``, ``model_2``, ...) and labels each
-folder with ``model.json`` (the model name the server sent). The report checks that label against the
-numbers: the folder's ``summary.json`` scalars must equal the scalars the site sent for that method
-(``metrics.json`` ``evaluation[site][method]``). A unique numeric match wins (a disagreeing label is
-noted), then the label, then the order in which the pipeline listed its models (noted).
+The evaluation job files each model a site scored under its name (``stepwise/``, ``scratch/``, ...;
+``model_<n>`` where the server sent none) with ``model.json`` (the name the server sent). The report
+checks that label against the numbers: the folder's ``summary.json`` scalars must equal the scalars the
+site sent for that method (``metrics.json`` ``evaluation[site][method]``). A unique numeric match wins
+(a disagreeing label is noted), then the label. Results neither identifies are left out and noted,
+never assigned by order; a second folder identifying as the same model is left out too.
 
 The surface-Dice tolerance of each row is its ``nsd_tolerance_mm`` column; per-case files written
 before that column existed take the ``nsd_tolerance_mm`` of the ``summary.json`` beside them, and
@@ -132,14 +133,14 @@ def _match(summary: dict[str, float], candidates: dict[str, dict[str, float]]) -
 
 
 def site_results(run_root: Path, site: str, split: str) -> list[Path]:
-    """``model_<n>/<split>`` folders of the newest evaluation job at ``site``, sorted by n."""
+    """``<model>/<split>`` folders of the newest evaluation job at ``site`` (``<model>`` is the model's name,
+    or ``model_<n>`` where the server sent none), sorted by folder."""
     base = run_root / "nvflare" / "evaluate"
-    found = sorted(base.glob(f"*/{site}/**/plgg_results/*/model_*/{split}/per_case.csv")) if base.is_dir() else []
+    found = sorted(base.glob(f"*/{site}/**/plgg_results/*/*/{split}/per_case.csv")) if base.is_dir() else []
     if not found:
         return []
     newest = max(found, key=lambda p: p.stat().st_mtime).parent.parent.parent  # plgg_results/<job id>
-    dirs = [p.parent for p in found if p.parent.parent.parent == newest]
-    return sorted(dirs, key=lambda p: int(p.parent.name.split("_")[-1]))
+    return sorted(p.parent for p in found if p.parent.parent.parent == newest)
 
 
 def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
@@ -169,9 +170,7 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
             run.notes.append(f"{site}: no per-case results found under nvflare/evaluate/*/{site}/")
             continue
         sent = {m: v for m, v in evaluation.get(site, {}).items()}
-        pipeline_order = list(dict.fromkeys(r["method"] for r in run.metrics.get("summary", []))) or list(sent)
-        order = [m for m in pipeline_order if m in sent] or pipeline_order
-        for i, d in enumerate(dirs):
+        for d in dirs:
             summ = d / "summary.json"
             summary = json.loads(summ.read_text(encoding="utf-8")) if summ.is_file() else {}
             matched = _match(scalar_metrics(summary, f"{run.split}/", min_cases=0), sent) if summary else None
@@ -180,9 +179,14 @@ def load_run(run_dir: str | Path, sites: list[str] | None = None) -> Run:
             if named and matched and named != matched:
                 run.notes.append(f"{site}: {d.parent.name} is labelled {named!r} but its results match {matched!r}; using {matched!r}")
             method = matched or (named if named in sent or not sent else None)
-            if method is None:
-                method = order[i] if i < len(order) else f"model_{i + 1}"
-                run.notes.append(f"{site}: {d.parent.name} taken as {method!r} by order (scalars did not identify it)")
+            if method is None:  # never by order: results under the wrong name look right and are not
+                run.notes.append(f"{site}: {d.parent.name} left out: neither its label ({named!r}) nor its scalars "
+                                 "identify one of the run's models")
+                continue
+            if (site, method) in run.per_case:
+                run.notes.append(f"{site}: {d.parent.name} also identifies as {method!r}; left out (first kept: "
+                                 f"{run.per_case_paths[(site, method)].parent.parent.name})")
+                continue
             rows = read_rows(d / "per_case.csv")
             tol = summary.get("nsd_tolerance_mm")
             for r in rows:
