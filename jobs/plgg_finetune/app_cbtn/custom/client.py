@@ -21,7 +21,9 @@ import logging
 import math
 import os
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -86,90 +88,129 @@ def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, req
     return cases
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+@dataclass
+class SiteState:
+    """What a site's client keeps across the tasks of one job: the network, its one Trainer (built at
+    the first ``train`` task, kept across rounds), the validation split checked once, models scored."""
+
+    args: argparse.Namespace
+    site: str
+    manifest: Any
+    cfg: TrainConfig
+    model: PlggUNet
+    decoder_keys: list[str]
+    trainer: ProxTrainer | None = None
+    validation: tuple[list, dict[str, float]] | None = None  # (usable cases, their counts)
+    train_counts: dict[str, float] = field(default_factory=dict)
+    n_evaluated: int = 0
+
+    @property
+    def send_keys(self) -> list[str]:
+        """The tensors this site trains and sends: the decoder's in stage 3, else every one."""
+        return self.decoder_keys if self.args.stage == "decoder" else list(self.model.state_dict())
+
+
+def site_state(args: argparse.Namespace, site: str) -> SiteState:
+    """The state of ``site`` for a job run with ``args``: its data found at the site, the network built."""
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    flare.init()
-    tracker = SummaryWriter()  # scalars streamed to the server's TensorBoard receiver
-    site = flare.get_site_name()
     site_cfg = resolve_site_config(site)
-    manifest = load_manifest(site_cfg.manifest)
     if site_cfg.device:
         overrides["device"] = site_cfg.device
     cfg = TrainConfig.from_overrides(overrides)
     model = PlggUNet(preset=cfg.preset)
-    all_keys = list(model.state_dict())
-    _, decoder_keys = encoder_decoder_keys(model)
-    send_keys = decoder_keys if args.stage == "decoder" else all_keys
-    trainer = None
-    validation = None  # (usable validation cases, their counts): the split is checked once per job
-    n_evaluated = 0  # models scored so far (an evaluation job may send several)
-    print(f"[{site}] data from {site_cfg.source}; stage={args.stage}; {len(send_keys)}/{len(all_keys)} tensors sent")
+    state = SiteState(args, site, load_manifest(site_cfg.manifest), cfg, model, encoder_decoder_keys(model)[1])
+    print(f"[{site}] data from {site_cfg.source}; stage={args.stage}; {len(state.send_keys)}/{len(model.state_dict())} tensors sent")
+    return state
 
+
+def receive_weights(state: SiteState, received: FLModel) -> None:
+    """Load the weights a task brought: every tensor, or (stage 3) exactly the decoder's; anything else
+    stops the site with the keys named."""
+    if received.params:
+        weights = {k: torch.as_tensor(v) for k, v in received.params.items()}
+        load_received_weights(state.model, weights, state.decoder_keys if state.args.stage == "decoder" else None)
+
+
+def handle_train(state: SiteState, received: FLModel, tracker: Any = None) -> FLModel:
+    """``train``: validate the received global model (``val_dice``), train ``--local-steps`` steps, return
+    the sent tensors (weights or differences) with the round's scalars."""
+    args, model = state.args, state.model
+    if state.validation is None:
+        counts: dict[str, float] = {}
+        state.validation = site_cases(state.manifest, args.val_split, counts, f"{args.val_split}/", required=False), counts
+    val_cases, metrics = state.validation[0], dict(state.validation[1])  # the counts go with every round
+    val_dice = float(validate(model, val_cases, state.cfg)["val_dice"]) if val_cases else math.nan
+    if math.isfinite(val_dice):  # the mean only; per-case values stay here
+        metrics["val_dice"] = val_dice
+    if state.trainer is None:  # the training split is checked once per job; its counts go with every round
+        train_cases = site_cases(state.manifest, "train", state.train_counts, "train/", required=True)
+        if not train_cases:
+            raise RuntimeError(f"{state.manifest.site}: the manifest lists no train case; this site cannot train")
+        state.trainer = ProxTrainer(model, state.cfg, train_cases, freeze_encoder=args.stage == "decoder", progress=False)
+    metrics.update(state.train_counts)
+    trainer, send_keys = state.trainer, state.send_keys
+    trainer.set_global((received.meta or {}).get(AlgorithmConstants.FEDPROX_MU, 0.0))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in send_keys}
+    out = trainer.train_steps(args.local_steps, progress=False)
+    metrics["train_loss"] = float(out["loss"])
+    after = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in send_keys}
+    if args.send == "diff":
+        params, ptype = {k: after[k] - before[k].cpu() for k in send_keys}, ParamsType.DIFF
+    else:
+        params, ptype = after, ParamsType.FULL
+    print(f"[{state.site}] round {received.current_round}: val_dice(global)={metrics.get('val_dice', float('nan')):.4f} "
+          f"train_loss={metrics['train_loss']:.4f} steps={out['steps']}" + (f" fedprox_mu={trainer.mu:g}" if trainer.mu else ""))
+    if tracker is not None:
+        for name, value in metrics.items():  # the same scalars that go to the server with the weights
+            tracker.add_scalar(name, value, global_step=received.current_round)
+    return FLModel(params=params, params_type=ptype, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": out["steps"]})
+
+
+def handle_evaluate(state: SiteState, received: FLModel, job_id: str) -> FLModel:
+    """``validate``: score the received model on ``--eval-splits``; per-case rows stay at the site under
+    ``plgg_results/<job_id>/<model name>/``, only scalar summaries are returned."""
+    from plgg_fl.engine import evaluate_cases
+
+    state.n_evaluated += 1
+    metrics: dict[str, float] = {}
+    name = (received.meta or {}).get(MODEL_NAME_META)
+    model_dir = Path("plgg_results") / job_id / results_folder(name, state.n_evaluated)
+    model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
+    (model_dir / "model.json").write_text(json.dumps({"model": name, "order": state.n_evaluated}), encoding="utf-8")
+    name = name or f"model_{state.n_evaluated}"
+    print(f"[{state.site}] evaluation: scoring model '{name}' on {state.args.eval_splits}")
+    for split in [s for s in state.args.eval_splits.split(",") if s]:
+        cases = site_cases(state.manifest, split, metrics, f"{split}/", required=True)
+        if not cases:  # the site has no such split (it lists none): skipped, "<split>/listed" = 0 says so
+            continue
+        _, summary = evaluate_cases(state.model, cases, state.cfg, out_dir=model_dir / split, progress=False)
+        metrics.update(scalar_metrics(summary, prefix=f"{split}/", min_cases=min_summary_cases()))
+    print(f"[{state.site}] evaluation of model '{name}': {len(metrics)} scalar metrics; per-case rows kept at the site")
+    return FLModel(metrics=metrics)
+
+
+def handle_submit(state: SiteState) -> FLModel:
+    """``submit_model``: the site's current weights."""
+    return FLModel(params={k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+
+
+def main(argv=None) -> None:
+    """The Client API loop: one task at a time, each answered by its handler."""
+    args = parse_args(argv)
+    flare.init()
+    tracker = SummaryWriter()  # scalars streamed to the server's TensorBoard receiver
+    state = site_state(args, flare.get_site_name())
     while flare.is_running():
         received = flare.receive()
         if received is None:
             break
-        if received.params:
-            state = {k: torch.as_tensor(v) for k, v in received.params.items()}
-            # every tensor, or (stage 3) exactly the decoder's; anything else stops the site with the keys named
-            load_received_weights(model, state, decoder_keys if args.stage == "decoder" else None)
+        receive_weights(state, received)
         if flare.is_train():
-            if validation is None:
-                counts: dict[str, float] = {}
-                validation = site_cases(manifest, args.val_split, counts, f"{args.val_split}/", required=False), counts
-            val_cases, metrics = validation[0], dict(validation[1])  # the counts go with every round
-            val_dice = float(validate(model, val_cases, cfg)["val_dice"]) if val_cases else math.nan
-            if math.isfinite(val_dice):  # the mean only; per-case values stay here
-                metrics["val_dice"] = val_dice
-            if trainer is None:  # the training split is checked once per job; its counts go with every round
-                train_excluded: dict[str, float] = {}
-                train_cases = site_cases(manifest, "train", train_excluded, "train/", required=True)
-                if not train_cases:
-                    raise RuntimeError(f"{manifest.site}: the manifest lists no train case; this site cannot train")
-                trainer = ProxTrainer(model, cfg, train_cases, freeze_encoder=args.stage == "decoder", progress=False)
-            metrics.update(train_excluded)
-            trainer.set_global((received.meta or {}).get(AlgorithmConstants.FEDPROX_MU, 0.0))
-            before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in send_keys}
-            out = trainer.train_steps(args.local_steps, progress=False)
-            metrics["train_loss"] = float(out["loss"])
-            after = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in send_keys}
-            if args.send == "diff":
-                params, ptype = {k: after[k] - before[k].cpu() for k in send_keys}, ParamsType.DIFF
-            else:
-                params, ptype = after, ParamsType.FULL
-            print(
-                f"[{site}] round {received.current_round}: val_dice(global)={metrics.get('val_dice', float('nan')):.4f} "
-                f"train_loss={metrics['train_loss']:.4f} steps={out['steps']}"
-                + (f" fedprox_mu={trainer.mu:g}" if trainer.mu else "")
-            )
-            for name, value in metrics.items():  # the same scalars that go to the server with the weights
-                tracker.add_scalar(name, value, global_step=received.current_round)
-            flare.send(
-                FLModel(params=params, params_type=ptype, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": out["steps"]})
-            )
+            flare.send(handle_train(state, received, tracker))
         elif flare.is_evaluate():
-            metrics = {}
-            n_evaluated += 1
-            name = (received.meta or {}).get(MODEL_NAME_META)
-            model_dir = Path("plgg_results") / flare.get_job_id() / results_folder(name, n_evaluated)
-            model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
-            (model_dir / "model.json").write_text(json.dumps({"model": name, "order": n_evaluated}), encoding="utf-8")
-            name = name or f"model_{n_evaluated}"
-            print(f"[{site}] evaluation: scoring model '{name}' on {args.eval_splits}")
-            for split in [s for s in args.eval_splits.split(",") if s]:
-                cases = site_cases(manifest, split, metrics, f"{split}/", required=True)
-                if not cases:  # the site has no such split (it lists none): skipped, "<split>/listed" = 0 says so
-                    continue
-                out_dir = model_dir / split
-                from plgg_fl.engine import evaluate_cases
-
-                _, summary = evaluate_cases(model, cases, cfg, out_dir=out_dir, progress=False)
-                metrics.update(scalar_metrics(summary, prefix=f"{split}/", min_cases=min_summary_cases()))
-            print(f"[{site}] evaluation of model '{name}': {len(metrics)} scalar metrics; per-case rows kept at the site")
-            flare.send(FLModel(metrics=metrics))
+            flare.send(handle_evaluate(state, received, flare.get_job_id()))
         elif flare.is_submit_model():
-            flare.send(FLModel(params={k: v.detach().cpu() for k, v in model.state_dict().items()}))
+            flare.send(handle_submit(state))
 
 
 if __name__ == "__main__":
