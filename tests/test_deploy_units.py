@@ -189,16 +189,19 @@ def test_pinned_client_code_accepts_the_installed_script_and_refuses_a_changed_o
 
     from plgg_fl.deploy.filters import PinnedClientCode
 
-    installed = importlib.util.find_spec("plgg_fl.fl.client").origin
-    same, changed = tmp_path / "same", tmp_path / "changed"
-    for d in (same, changed):
+    installed = importlib.util.find_spec("plgg_fl.fl.entry.client").origin  # what every study job ships
+    same, changed, whole = tmp_path / "same", tmp_path / "changed", tmp_path / "whole"
+    for d in (same, changed, whole):
         d.mkdir()
         shutil.copyfile(installed, d / "client.py")
+    # a job carrying the client's code itself (not the thin entry) would run code that travelled with it
+    shutil.copyfile(importlib.util.find_spec("plgg_fl.fl.client").origin, whole / "client.py")
     with open(changed / "client.py", "a", encoding="utf-8") as f:
         f.write("\nimport shutil  # copy the data somewhere\n")
     pin = PinnedClientCode()
     assert pin.refusal(str(same)) is None
     assert "is not the client code this site allows" in pin.refusal(str(changed))
+    assert "is not the client code this site allows" in pin.refusal(str(whole))
     assert pin.refusal(str(tmp_path / "no_script")) is None  # nothing to run, nothing to refuse
     listed = PinnedClientCode(allow_sha256=[PinnedClientCode.sha256(str(changed / "client.py")).upper()])
     assert listed.refusal(str(changed)) is None and listed.refusal(str(same)) is not None  # the site's list, only

@@ -158,9 +158,10 @@ class PinnedClientCode(Filter):
 
     A job ships its client script in ``custom/client.py``; NVFlare runs whatever is there. This filter
     (a ``task_data_filter`` of the site's privacy scopes) compares it, before the first task of a job
-    is handed to it, with the ``plgg_fl/fl/client.py`` of the plgg-fl the site installed, or with the
-    SHA-256 hashes the site lists; a job shipping anything else is refused at the site (its tasks
-    fail with the reason in the site log, so the job fails) while the study's own jobs run.
+    is handed to it, with the ``plgg_fl/fl/entry/client.py`` of the plgg-fl the site installed (the
+    thin script that runs the installed ``plgg_fl.fl.client``), or with the SHA-256 hashes the site
+    lists; a job shipping anything else is refused at the site (its tasks fail with the reason in the
+    site log, so the job fails) while the study's own jobs run.
 
     Args:
         allow_sha256: hex SHA-256 digests of client scripts the site accepts; empty (default): only
@@ -187,7 +188,7 @@ class PinnedClientCode(Filter):
             return set(self.allow_sha256)
         import importlib.util
 
-        return {self.sha256(importlib.util.find_spec("plgg_fl.fl.client").origin)}
+        return {self.sha256(importlib.util.find_spec("plgg_fl.fl.entry.client").origin)}
 
     def refusal(self, custom_dir: str) -> str | None:
         """Why a job whose app code is in ``custom_dir`` is refused (None: it is the study's code)."""

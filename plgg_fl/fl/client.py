@@ -213,12 +213,16 @@ def main(argv=None) -> None:
             flare.send(handle_submit(state))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """:func:`main`, with a failure's traceback printed where operators look: NVFlare runs the job's
+    script in a thread whose traceback goes to the process's stderr, not to the site's log.txt; printed,
+    it lands in the site log (and the pipeline's failure report)."""
     try:
         main()
     except BaseException:
-        # NVFlare runs this script in a thread whose traceback goes to the process's stderr, not to
-        # the site's log.txt; print it so it lands in the site log where operators (and the
-        # pipeline's failure report) look.
         print("[plgg-fl client] FAILED:\n" + traceback.format_exc())
         raise
+
+
+if __name__ == "__main__":
+    run()

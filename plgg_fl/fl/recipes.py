@@ -52,7 +52,7 @@ from plgg_fl.fl.protocol import EVALUATE_JOB, JOB_NAMES, TRAINS, stage  # noqa: 
 #: ``custom/`` under that relative path. A package-relative name (``plgg_fl/fl/client.py``) would
 #: create ``custom/plgg_fl/``, a namespace package that shadows an editable install at the sites.
 CLIENT_SCRIPT = "client.py"
-SCRIPT_DIR = Path(__file__).resolve().parent
+SCRIPT_DIR = Path(__file__).resolve().parent / "entry"  # the thin script that runs the installed plgg_fl.fl.client
 MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
 # One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
