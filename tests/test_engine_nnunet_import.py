@@ -24,67 +24,16 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # 
 from plgg_fl.cli import main  # noqa: E402
 from plgg_fl.engine.checkpoint import load_checkpoint, read_weights  # noqa: E402
 from plgg_fl.engine.networks import parameter_shapes  # noqa: E402
+from plgg_fl.engine.nnunet_plans import (  # noqa: E402
+    BINARY, T2_ONLY, architecture, brats_architecture, dataset_for, plans_for, write_results_folder,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
 TOL = 1e-4  # max abs logit difference allowed (float32 rounding only)
-T2_ONLY = {"0": "T2"}
 BRATS_CHANNELS = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
-BINARY = {"background": 0, "tumour": 1}
 # region-based as nnU-Net's BraTS datasets, the whole-tumour region listed last on purpose
 BRATS_REGIONS = {"background": 0, "enhancing tumor": [3], "tumor core": [2, 3], "whole tumor": [1, 2, 3]}
-
-
-def architecture(filters, kernels, strides, conv_bias=True, cls="PlainConvUNet", norm="InstanceNorm3d", **extra) -> dict:
-    """``configurations.<c>.architecture`` as nnU-Net 2.8's planner writes it."""
-    n = len(filters)
-    kw = {
-        "n_stages": n, "features_per_stage": list(filters), "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [list(k) for k in kernels], "strides": [list(s) for s in strides],
-        "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": conv_bias,
-        "norm_op": f"torch.nn.modules.{'batchnorm' if 'Batch' in norm else 'instancenorm'}.{norm}",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-    }
-    if cls == "ResidualEncoderUNet":
-        kw["n_blocks_per_stage"] = kw.pop("n_conv_per_stage")
-    kw.update(extra)
-    module = "unet" if cls in ("PlainConvUNet", "ResidualEncoderUNet") else "residual_unet"
-    return {"network_class_name": f"dynamic_network_architectures.architectures.{module}.{cls}", "arch_kwargs": kw,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-
-
-def plans_for(arch: dict, patch, spacing, n_channels: int, transpose_forward=(0, 1, 2), use_mask=True,
-              reader="SimpleITKIO") -> dict:
-    """An nnU-Net v2 plans.json with one configuration, 3d_fullres."""
-    tb = [int(np.argwhere(np.array(transpose_forward) == i)[0][0]) for i in range(3)]
-    return {
-        "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": list(patch),
-        "image_reader_writer": reader, "transpose_forward": list(transpose_forward), "transpose_backward": tb,
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-            "patch_size": list(patch), "median_image_size_in_voxels": list(patch), "spacing": list(spacing),
-            "normalization_schemes": ["ZScoreNormalization"] * n_channels, "use_mask_for_norm": [use_mask] * n_channels,
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": arch, "batch_dice": False,
-        }},
-        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {str(c): {"max": 1.0, "mean": 0.5, "median": 0.5, "min": 0.0,
-                                                                 "percentile_00_5": 0.0, "percentile_99_5": 1.0,
-                                                                 "std": 0.2} for c in range(n_channels)},
-    }
-
-
-def dataset_for(channels: dict, labels: dict) -> dict:
-    ds = {"channel_names": channels, "labels": labels, "numTraining": 4, "file_ending": ".nii.gz"}
-    if any(isinstance(v, list) for v in labels.values()):
-        ds["regions_class_order"] = list(range(1, len(labels)))
-    return ds
 
 
 def build_network(plans: dict, ds: dict, seed: int = 0) -> torch.nn.Module:
@@ -106,26 +55,14 @@ def build_network(plans: dict, ds: dict, seed: int = 0) -> torch.nn.Module:
 
 
 def save_like_nnunet(net, plans: dict, ds: dict, root: Path, fold=0, extra_logging=None) -> Path:
-    """The results folder nnU-Net writes: ``<trainer>__<plans>__3d_fullres/{plans.json, dataset.json,
-    fold_N/checkpoint_final.pth}``, the checkpoint with the keys and value types of nnUNetTrainer.save_checkpoint
-    (nnunetv2 2.8): the network's state dict (aliases included), optimizer state, numpy float scalars in the
-    logging, init_args with plans, dataset.json and a torch.device."""
-    folder = root / "Dataset999_Toy" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    (folder / f"fold_{fold}").mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps(plans, indent=2), encoding="utf-8")
-    (folder / "dataset.json").write_text(json.dumps(ds, indent=2), encoding="utf-8")
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    """The results folder nnU-Net writes (:func:`write_results_folder`), its checkpoint's logging holding numpy
+    float scalars as nnUNetTrainer's does after training."""
     logging = {"mean_fg_dice": [np.float64(0.71)], "ema_fg_dice": [np.float64(0.69)],
                "dice_per_class_or_region": [[np.float64(0.7)]], "train_losses": [np.float64(-0.6)],
                "val_losses": [np.float64(-0.5)], "lrs": [0.01], "epoch_start_timestamps": [1.7e9],
                "epoch_end_timestamps": [1.7e9 + 90], **(extra_logging or {})}
-    ck = {"network_weights": net.state_dict(), "optimizer_state": opt.state_dict(), "grad_scaler_state": None,
-          "logging": logging, "_best_ema": np.float64(0.69), "current_epoch": 1000,
-          "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold, "dataset_json": ds,
-                        "device": torch.device("cpu")},
-          "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
-    torch.save(ck, folder / f"fold_{fold}" / "checkpoint_final.pth")
-    return folder
+    return write_results_folder(net, plans, ds, root, fold,
+                                extra={"logging": logging, "_best_ema": np.float64(0.69), "current_epoch": 1000})
 
 
 def run_import(folder: Path, out: Path, *extra: str, capsys=None) -> tuple[int, str]:
@@ -368,8 +305,7 @@ def test_tiny_shaped_plans_import_as_the_tiny_preset_and_the_pipeline_takes_them
 def test_standard_brats_plans_import_as_nnunet_v2_which_the_pipeline_accepts(tmp_path, capsys):
     # nnU-Net 2.8's planner for BraTS 2021 at 1 mm (cropped median ~140 x 171 x 137): 6 levels of 32..320
     # filters, 3^3 kernels, stride 2 everywhere, 128^3 patches; 4 channels, 3 sigmoid regions
-    arch = architecture([32, 64, 128, 256, 320, 320], [[3, 3, 3]] * 6, [[1, 1, 1]] + [[2, 2, 2]] * 5)
-    plans, ds = plans_for(arch, [128] * 3, [1.0] * 3, 4), dataset_for(BRATS_CHANNELS, BRATS_REGIONS)
+    plans, ds = plans_for(brats_architecture(), [128] * 3, [1.0] * 3, 4), dataset_for(BRATS_CHANNELS, BRATS_REGIONS)
     net = build_network(plans, ds, seed=11)
     folder = save_like_nnunet(net, plans, ds, tmp_path)
     rc, err = run_import(folder, tmp_path / "brats.pt", capsys=capsys)
