@@ -27,6 +27,21 @@ three experts for ``dfci_bch``), for both paths:
 
     plgg-fl demo    # writes runs/demo/models/stepwise.pt
     python benchmarks/bench_predict.py --checkpoint runs/demo/models/stepwise.pt
+
+``--against nnunet`` (needs the ``bench`` extra: nnunetv2) compares with nnU-Net v2's own predictor instead:
+one nnU-Net 3d_fullres PlainConvUNet of the standard BraTS plans (32..320 filters, 128^3 patch, 1 mm,
+~31 M parameters; ``benchmarks/nnunet_side.py``) written as an nnU-Net results folder and imported with
+``plgg-fl import-nnunet`` (preset ``nnunet_v2``), so both tools run the same weights on the same 1 mm T2
+file, file in and file out: nnU-Net's ``nnUNetPredictor`` (tile step 0.5, Gaussian) vs ``plgg-fl predict``
+(overlap 0.5, Gaussian, ``--precision``), same torch threads (nnU-Net's own cap ``nnUNet_def_n_proc`` set to
+them), test-time mirroring (8 flips in both) off and on. The weights are the ``nnunet_v2`` blob model
+trained briefly as above (``--nnunet-weights trained``, so masks are not noise) or nnU-Net's random init.
+Prints seconds (wall, CPU), forward passes and windows of each, the ratio nnU-Net / plgg-fl (target >= 2)
+and the Dice of plgg-fl predict's mask against the engine's unoptimised path (whole volume, fp32, one
+window per forward; target >= 0.995), and the two tools' Dice (same weights; inside the brain it shows
+the preprocessing matches). Writes ``bench_predict_nnunet.json`` into ``--work``.
+
+    python benchmarks/bench_predict.py --against nnunet [--mirroring off|on|both] [--threads N] [--shape 96 96 80]
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -46,13 +62,17 @@ from plgg_fl.predict.run import PredictOptions, inference_config
 SHAPE, SPACING = (240, 240, 155), (1.0, 1.0, 1.0)
 #: preset -> (training patch, training spacing mm, steps, blob cases) for the brief training
 TRAIN = {"tiny": ((32,) * 3, None, 40, 3), "small": ((32,) * 3, None, 40, 3), "nnunet": ((64,) * 3, (1.0,) * 3, 16, 2)}
+TRAIN["nnunet_v2"] = TRAIN["nnunet"]  # nnunet + transposed-conv bias: what an nnU-Net 3d_fullres model imports as
 
 
-def make_volume(path: Path, seed: int = 7) -> np.ndarray:
-    """A 1 mm 240x240x155 skull-stripped 'T2' (brain ~136x168x124 mm, ~24 ml tumour). Returns the tumour."""
+def make_volume(path: Path, seed: int = 7, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """A 1 mm skull-stripped 'T2' of ``shape`` voxels (RAS); at 240x240x155 the brain is ~136x168x124 mm with
+    a ~24 ml tumour, on other grids both scale with the grid. Returns the tumour (uint8, ``shape``)."""
     from plgg_fl.predict.toy import blob_volume
 
-    img, seg, aff = blob_volume(SHAPE, SPACING, seed=seed, brain_semi_mm=(68, 84, 62), tumour_radius_mm=18)
+    scale = [n / m for n, m in zip(shape, SHAPE)]
+    semi = tuple(s * f for s, f in zip((68, 84, 62), scale))
+    img, seg, aff = blob_volume(tuple(shape), SPACING, seed=seed, brain_semi_mm=semi, tumour_radius_mm=18 * min(scale))
     nib.save(nib.Nifti1Image(img, aff), str(path))
     return seg
 
@@ -112,7 +132,7 @@ def get_model(preset: str, work: Path, device: str = "cpu", steps: int | None = 
         blob_kw = dict(shape_ras=tuple(fov), spacing_mm=(1.0,) * 3)
         train_blob_model(
             ckpt, preset=preset, steps=steps, n_cases=n, blob_kw=blob_kw, patch_size=patch,
-            batch_size=1 if preset == "nnunet" else 2, device=device, crop_to_brain=not full_fov,
+            batch_size=1 if preset.startswith("nnunet") else 2, device=device, crop_to_brain=not full_fov,
         )
         print(f"  trained {preset} for {steps} steps in {time.perf_counter() - t0:.0f} s -> {ckpt}", flush=True)
     model, cfg, _ = load_checkpoint(ckpt, device=device)
@@ -202,6 +222,202 @@ def time_case(model, cfg, fast_cfg, opts, src: Path, out: Path, truth: np.ndarra
     return r
 
 
+# ----------------------------------------------------------------------------- --against nnunet
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished children (nnU-Net's spawned workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForwardCounter:
+    """Counts whole-network forward calls and the windows (batch items) they take, for plgg-fl's PlggUNet and
+    nnU-Net's PlainConvUNet, through a global module hook (microseconds per call; a forward takes seconds)."""
+
+    NETWORKS = ("PlggUNet", "PlainConvUNet")
+
+    def __enter__(self) -> "ForwardCounter":
+        self.calls = self.windows = 0
+        self.threads: set[int] = set()  # torch threads in effect during the forwards
+        self._hook = torch.nn.modules.module.register_module_forward_pre_hook(self._count)
+        return self
+
+    def _count(self, module, args) -> None:
+        if type(module).__name__ in self.NETWORKS:
+            self.calls += 1
+            self.windows += int(args[0].shape[0])
+            self.threads.add(torch.get_num_threads())
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
+
+
+def timed(fn, repeats: int) -> dict:
+    """``fn()`` (returns a mask) ``repeats`` times: median wall and CPU seconds, forward calls, windows and torch
+    threads of the last run, load average (1 min) before and after, and the last mask."""
+    wall, cpu, load0 = [], [], os.getloadavg()[0]
+    for _ in range(repeats):
+        with ForwardCounter() as fc:
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            mask = fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds() - c0)
+    return {"s": float(np.median(wall)), "cpu_s": float(np.median(cpu)), "forwards": fc.calls, "windows": fc.windows,
+            "threads": sorted(fc.threads), "load_before": load0, "load_after": os.getloadavg()[0], "mask": mask}
+
+
+def plgg_file(ckpt: Path, src: Path, out: Path, opts) -> np.ndarray:
+    """``plgg-fl predict``'s whole path (:func:`predict_inputs`: model load, read, checks, engine, write,
+    reports) on one file; returns the mask written (uint8, the input's shape)."""
+    from plgg_fl.predict.run import predict_inputs
+
+    summary = predict_inputs([src], ckpt, out, opts)
+    res = summary.results[0]
+    if res.status != "ok":
+        raise RuntimeError(f"plgg-fl predict failed: {res.error}")
+    return np.asarray(nib.load(res.mask).dataobj).astype(np.uint8)
+
+
+def nnunet_models(work: Path, weights: str, train_steps: int | None) -> tuple[Path, Path, dict]:
+    """(nnU-Net results folder, the same weights imported as a plgg-fl checkpoint, what the import made of
+    them); written once per ``weights`` ("random": nnU-Net's init; "trained": :func:`get_model`'s briefly
+    trained ``nnunet_v2`` blob model, written into nnU-Net's network and checked to import back exactly)."""
+    import nnunet_side
+
+    from plgg_fl.engine.checkpoint import load_checkpoint
+    from plgg_fl.engine.nnunet_import import import_nnunet
+
+    trained = get_model("nnunet_v2", work, "cpu", train_steps)[0].state_dict() if weights == "trained" else None
+    tag = f"trained{train_steps or TRAIN['nnunet_v2'][2]}steps" if trained is not None else "random"
+    folder = nnunet_side.write_model(work / f"nnunet_results_{tag}", trained)
+    ckpt = work / f"nnunet_{tag}_imported.pt"
+    if not ckpt.is_file():
+        import_nnunet(folder, ckpt, fold=0)
+    model, cfg, meta = load_checkpoint(ckpt)
+    back = model.state_dict()
+    if trained is not None and not (back.keys() == trained.keys() and all(torch.equal(back[k], trained[k]) for k in back)):
+        raise RuntimeError(f"{folder}: plgg-fl -> nnU-Net -> plgg-fl weights do not round-trip exactly")
+    info = {"weights": weights, "preset": cfg.preset, "parameters": sum(p.numel() for p in model.parameters()),
+            "patch": list(cfg.patch_size), "spacing_mm": list(cfg.spacing_mm), "sw_overlap": cfg.sw_overlap,
+            "sw_batch_size": cfg.sw_batch_size, "crop_to_brain": cfg.crop_to_brain, "axes": meta["nnunet"]["axes"],
+            "import_warnings": meta["nnunet"]["warnings"], "round_trip_exact": True if trained is not None else None}
+    return folder, ckpt, info
+
+
+def warm_up(predictor, ckpt: Path, bf16: bool) -> None:
+    """One untimed forward per network and precision: oneDNN picks its kernels on first use."""
+    from plgg_fl.engine.checkpoint import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(ckpt)
+    x = torch.zeros(cfg.sw_batch_size, 1, *cfg.patch_size)
+    with torch.inference_mode():
+        predictor.network.eval()(x[:1])
+        model.eval()(x[:1])
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(x)
+
+
+def compare_nnunet(mirroring: bool, predictor, ckpt: Path, src: Path, truth: np.ndarray, work: Path, args, log: Path) -> dict:
+    """nnU-Net vs plgg-fl predict on ``src`` at one mirroring setting, then plgg-fl's unoptimised engine path
+    (whole volume, fp32, one window per forward) as the mask reference. Seconds are per volume, file to file."""
+    import nnunet_side
+
+    tag = "mirror" if mirroring else "nomirror"
+    opts = PredictOptions(tta=mirroring, precision=args.precision, sw_batch_size=args.sw_batch_size, progress=False,
+                          crop={"auto": None, "on": True, "off": False}[args.crop], overwrite=True, device="cpu")
+    plain = PredictOptions(tta=mirroring, precision="fp32", sw_batch_size=1, crop=False, progress=False, overwrite=True,
+                           device="cpu")
+    nn = timed(lambda: nnunet_side.predict_file(predictor, src, work / f"out_nnunet_{tag}", args.nnunet_api, log), args.repeats)
+    pl = timed(lambda: plgg_file(ckpt, src, work / f"out_plgg_{tag}", opts), args.repeats)
+    ref = timed(lambda: plgg_file(ckpt, src, work / f"out_plgg_plain_{tag}", plain), 1)
+    m_nn, m_pl, m_ref = nn.pop("mask"), pl.pop("mask"), ref.pop("mask")
+    brain = np.asarray(nib.load(str(src)).dataobj) > 0
+    return {
+        "mirroring": mirroring, "nnunet": nn, "plgg": pl, "plgg_plain": ref,
+        "ratio": nn["s"] / pl["s"], "ratio_cpu": nn["cpu_s"] / pl["cpu_s"],
+        "dice_plgg_vs_plain": dice(m_pl, m_ref), "dice_nnunet_vs_plgg": dice(m_nn, m_pl),
+        # plgg-fl predict sets the mask to 0 outside the brain; nnU-Net labels all of its non-zero bounding box
+        "dice_nnunet_vs_plgg_in_brain": dice(m_nn & brain, m_pl), "dice_nnunet_vs_plain_in_brain": dice(m_nn & brain, m_ref),
+        "nnunet_voxels_outside_brain": int((m_nn.astype(bool) & ~brain).sum()),
+        "dice_vs_blob_tumour": {"nnunet": dice(m_nn, truth), "plgg": dice(m_pl, truth), "plgg_plain": dice(m_ref, truth)},
+        "foreground_voxels": {"nnunet": int(m_nn.sum()), "plgg": int(m_pl.sum()), "plgg_plain": int(m_ref.sum())},
+    }
+
+
+def print_comparison(r: dict, threads: int, weights: str) -> None:
+    """One mirroring setting's result, a few lines (the JSON holds the same and more)."""
+    nn, pl, ref, truth = r["nnunet"], r["plgg"], r["plgg_plain"], r["dice_vs_blob_tumour"]
+    random = weights == "random"
+
+    def row(name: str, t: dict) -> str:
+        return (f"    {name:8} {t['s']:7.1f} s (CPU {t['cpu_s']:7.1f} s) {t['forwards']:3d} forwards / {t['windows']:3d} windows, "
+                f"torch threads {t['threads']} | load {t['load_before']:.1f} -> {t['load_after']:.1f}")
+
+    lines = [
+        f"  mirroring {'on (8 flips)' if r['mirroring'] else 'off'}, {threads} torch threads:", row("nnU-Net", nn), row("plgg-fl", pl),
+        f"    engine's unoptimised path (whole volume, fp32, 1 window/forward) {ref['s']:.1f} s (CPU {ref['cpu_s']:.1f} s), "
+        f"{ref['windows']} windows",
+        f"    ratio nnU-Net / plgg-fl {r['ratio']:.2f}x (CPU time {r['ratio_cpu']:.2f}x) - target >= 2: "
+        f"{'MET' if r['ratio'] >= 2 else 'NOT met'}; windows {'equal' if nn['windows'] == pl['windows'] else 'DIFFER'}",
+        f"    Dice(plgg-fl predict, engine's unoptimised path) {r['dice_plgg_vs_plain']:.4f} - target >= 0.995: "
+        f"{'MET' if r['dice_plgg_vs_plain'] >= 0.995 else 'NOT met'}"
+        + (" (random weights: many logits near 0, so bf16 rounding flips voxels a trained model would not)" if random else ""),
+        f"    Dice(nnU-Net, plgg-fl) {r['dice_nnunet_vs_plgg']:.4f}; inside the brain {r['dice_nnunet_vs_plgg_in_brain']:.4f} "
+        f"(vs the unoptimised path {r['dice_nnunet_vs_plain_in_brain']:.4f}); nnU-Net voxels outside the brain "
+        f"{r['nnunet_voxels_outside_brain']} (plgg-fl predict zeroes them)",
+        f"    Dice vs the blob's tumour: nnU-Net {truth['nnunet']:.4f}, plgg-fl {truth['plgg']:.4f}, unoptimised "
+        f"{truth['plgg_plain']:.4f}" + (" (random weights: meaningless)" if random else ""),
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def against_nnunet(args, work: Path) -> int:
+    """``--against nnunet``: nnU-Net's nnUNetPredictor vs ``plgg-fl predict`` (module docstring of nnunet_side)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
+    import nnunet_side
+
+    from plgg_fl.engine.config import cpu_has_native_bf16
+
+    if args.device != "cpu":
+        raise SystemExit("--against nnunet compares on CPU only (--device cpu)")
+    threads = torch.get_num_threads()
+    env = nnunet_side.configure(threads, work)  # before nnunetv2 is imported
+    log = work / "nnunet_stdout.log"
+    shape = tuple(args.shape)
+    src = work / f"t2_{'x'.join(map(str, shape))}_1mm.nii.gz"
+    truth = make_volume(src, shape=shape)
+    folder, ckpt, info = nnunet_models(work, args.nnunet_weights, args.train_steps)
+    nn_settings = nnunet_side.effective_settings()
+    weights_text = ("random weights (nnU-Net's init, seed 0)" if args.nnunet_weights == "random" else
+                    f"plgg-fl's trainer's weights ({args.train_steps or TRAIN['nnunet_v2'][2]} steps on blobs, 64^3 "
+                    "patches; round trip plgg-fl -> nnU-Net -> import exact)")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_native_bf16())
+    print(f"torch {torch.__version__}, {threads} torch threads (nnU-Net's cap nnUNet_def_n_proc = "
+          f"{nn_settings['default_num_processes']}), nnunetv2 {nn_settings['nnunetv2']}, load average {os.getloadavg()[0]:.1f}\n"
+          f"volume {shape} at 1 mm ({src.name}); nnU-Net reads/writes with {nnunet_side.READER} (RAS, axes reversed: the "
+          f"voxels plgg-fl sees), API {args.nnunet_api}\nmodel: nnU-Net 3d_fullres PlainConvUNet, {weights_text} = plgg-fl "
+          f"{info['preset']} ({info['parameters'] / 1e6:.1f} M parameters), patch "
+          f"{info['patch']}, {info['spacing_mm']} mm, overlap {info['sw_overlap']} (nnU-Net tile step 0.5), Gaussian\n"
+          f"precision: nnU-Net fp32 (no CPU autocast); plgg-fl --precision {args.precision} -> "
+          f"{'bf16 autocast' if bf16 else 'fp32'}, {args.sw_batch_size or info['sw_batch_size']} windows per forward, "
+          f"brain-box crop {args.crop}" + "".join(f"\nimport warning: {w}" for w in info["import_warnings"]), flush=True)
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.mirroring]
+    results = {"shape": list(shape), "threads": threads, "env": env, "nnunet": nn_settings, "reader": nnunet_side.READER,
+               "api": args.nnunet_api, "precision": args.precision, "plgg_bf16": bf16, "model": info, "runs": {}}
+    for mirroring in settings:
+        predictor = nnunet_side.make_predictor(folder, mirroring, log)
+        if not results["runs"]:
+            warm_up(predictor, ckpt, bf16)
+        r = compare_nnunet(mirroring, predictor, ckpt, src, truth, work, args, log)
+        print_comparison(r, threads, args.nnunet_weights)
+        results["runs"]["mirroring_on" if mirroring else "mirroring_off"] = r
+    out = work / "bench_predict_nnunet.json"
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(f"results -> {out} (nnU-Net's console output -> {log})")
+    return 0
+
+
 def main(argv=None) -> int:
     from plgg_fl.engine.config import cpu_has_native_bf16
 
@@ -222,6 +438,18 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (the target) or cuda (predict then uses the model's fp16 AMP)")
     ap.add_argument("--attribute", action="store_true", help="also time predict at fp32 / 1 window per forward")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a busy shared CPU)")
+    ap.add_argument("--against", choices=("monai", "nnunet"), default="monai",
+                    help="baseline: the naive MONAI path (default), or nnU-Net v2's nnUNetPredictor (needs the bench extra)")
+    ap.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), metavar=("X", "Y", "Z"),
+                    help="the blob volume's grid in 1 mm voxels (default 240 240 155; smaller for a smoke run)")
+    ap.add_argument("--mirroring", choices=("off", "on", "both"), default="both",
+                    help="with --against nnunet: test-time mirroring (8 flips) in both tools off, on, or both in turn")
+    ap.add_argument("--nnunet-weights", choices=("trained", "random"), default="trained",
+                    help="with --against nnunet: the shared model's weights - briefly trained on blobs (default; the masks "
+                         "mean something) or nnU-Net's random init (logits near 0: masks are noise)")
+    ap.add_argument("--nnunet-api", choices=("sequential", "files"), default="sequential",
+                    help="with --against nnunet: predict_from_files_sequential (in-process, default) or predict_from_files "
+                         "(nnU-Net's default: spawned preprocessing and export workers, one each)")
     args = ap.parse_args(argv)
     presets = args.presets if args.presets is not None else ([] if args.checkpoint else ["small", "nnunet"])
     if args.threads:
@@ -229,16 +457,18 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.against == "nnunet":
+        return against_nnunet(args, work)
     if args.device != "cpu":
         print(f"device {torch.cuda.get_device_name()}", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
-          f"load average {os.getloadavg()[0]:.1f}; volumes {SHAPE} at 1 mm", flush=True)
+          f"load average {os.getloadavg()[0]:.1f}; volumes {tuple(args.shape)} at 1 mm", flush=True)
     opts = PredictOptions(overwrite=True, progress=False, precision=args.precision, sw_batch_size=args.sw_batch_size,
                           crop={"auto": None, "on": True, "off": False}[args.crop])
     runs = []  # (label, model, cfg, [(case name, path, truth)])
     if presets:
-        src = work / "t2_240x240x155_1mm.nii.gz"
-        truth = make_volume(src)
+        src = work / f"t2_{'x'.join(map(str, args.shape))}_1mm.nii.gz"
+        truth = make_volume(src, shape=tuple(args.shape))
         runs += [(p, *get_model(p, work, args.device, args.train_steps, args.full_fov), [("blob", src, truth)]) for p in presets]
     if args.checkpoint:
         cases = cohort_volumes(work, args.cases, Path(args.cohort))
