@@ -326,8 +326,8 @@ def compare_nnunet(mirroring: bool, predictor, ckpt: Path, src: Path, truth: np.
     tag = "mirror" if mirroring else "nomirror"
     opts = PredictOptions(tta=mirroring, precision=args.precision, sw_batch_size=args.sw_batch_size, progress=False,
                           crop={"auto": None, "on": True, "off": False}[args.crop], overwrite=True, device="cpu")
-    plain = PredictOptions(tta=mirroring, precision="fp32", sw_batch_size=1, crop=False, progress=False, overwrite=True,
-                           device="cpu")
+    plain = PredictOptions(tta=mirroring, precision="fp32", sw_batch_size=1, crop=False, hot_box=False, progress=False,
+                           overwrite=True, device="cpu")  # the engine's own path, as its evaluator runs it
     nn = timed(lambda: nnunet_side.predict_file(predictor, src, work / f"out_nnunet_{tag}", args.nnunet_api, log), args.repeats)
     pl = timed(lambda: plgg_file(ckpt, src, work / f"out_plgg_{tag}", opts), args.repeats)
     ref = timed(lambda: plgg_file(ckpt, src, work / f"out_plgg_plain_{tag}", plain), 1)
