@@ -9,7 +9,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Orientationd, Spacingd
 
-from plgg_fl.predict.prep import brain_box, crop_affine, lattice_box
+from plgg_fl.engine.infer import crop_affine
+from plgg_fl.predict.prep import brain_box, lattice_box
 from plgg_fl.predict.toy import blob_volume
 
 

@@ -220,14 +220,14 @@ def _write_initial_model(src: Path, dest: Path) -> None:
     """``src`` at ``dest`` in a form NVFlare's PT persistor reads (see :func:`embed_initial_model`)."""
     import torch
 
-    from plgg_fl.engine.checkpoint import read_weights
+    from plgg_fl.engine.checkpoint import nvflare_form
 
     try:
-        state, engine_config = read_weights(src)  # a train config comes with engine checkpoints only
+        converted = nvflare_form(src)
     except ValueError:  # no state dict plgg-fl reads: shipped as it is, the job says what NVFlare makes of it
-        engine_config = None
-    if engine_config is not None:
-        torch.save({"model": state}, dest)
+        converted = None
+    if converted is not None:
+        torch.save(converted, dest)
     else:
         shutil.copyfile(src, dest)
 

@@ -85,6 +85,14 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return dict(data), cfg
 
 
+def nvflare_form(path: str | Path) -> dict[str, Any] | None:
+    """``{"model": state dict}`` - what NVFlare's PT persistor reads - for an engine checkpoint; None for a
+    file already in a form the persistor reads (NVFlare global model, bare state dict). ValueError (from
+    :func:`read_weights`) for a file holding no state dict."""
+    state, engine_config = read_weights(path)  # a train config comes with engine checkpoints only
+    return {"model": state} if engine_config is not None else None
+
+
 def model_from_weights(path: str | Path, preset: str) -> PlggUNet:
     """A :class:`PlggUNet` (eval mode, CPU) with the weights of ``path`` (any format :func:`read_weights`
     reads), of the preset its own train config names, else ``preset``. Every tensor must fit."""

@@ -169,12 +169,19 @@ def invert_hot_box(fg: MetaTensor, affine: np.ndarray, shape: tuple[int, ...]) -
     at = (np.linalg.inv(affine) @ np.asarray(fg.affine, dtype=np.float64) @ corners)[:3]  # input voxel indices
     start = np.maximum(np.floor(at.min(1)).astype(int) - 1, 0)
     stop = np.minimum(np.ceil(at.max(1)).astype(int) + 2, np.asarray(shape))
-    box_affine = np.array(affine, dtype=np.float64, copy=True)
-    box_affine[:3, 3] = box_affine[:3, :3] @ start + box_affine[:3, 3]
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
     values = SpatialResample(mode="bilinear", padding_mode="border")(
-        fg, dst_affine=torch.as_tensor(box_affine), spatial_size=tuple(int(n) for n in stop - start))
+        fg, dst_affine=torch.as_tensor(crop_affine(affine, box)), spatial_size=tuple(int(n) for n in stop - start))
     out = np.zeros(shape, np.float32)
-    out[tuple(slice(a, b) for a, b in zip(start, stop))] = np.asarray(values[0].detach().cpu(), dtype=np.float32)
+    out[box] = np.asarray(values[0].detach().cpu(), dtype=np.float32)
+    return out
+
+
+def crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """Affine of the sub-array ``array[box]``: same axes and spacing, origin moved to the box's corner (mm)."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    start = np.array([s.start for s in box], dtype=np.float64)
+    out[:3, 3] = out[:3, :3] @ start + out[:3, 3]
     return out
 
 

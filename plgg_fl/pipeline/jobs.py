@@ -71,19 +71,19 @@ def nvflare_initial(path: str) -> str:
     """
     import torch
 
-    from plgg_fl.engine.checkpoint import read_weights
+    from plgg_fl.engine.checkpoint import nvflare_form
 
     src = Path(path)
     if not src.is_file():
         return path
     try:
-        state, engine_config = read_weights(src)
+        converted = nvflare_form(src)
     except ValueError as exc:
         raise CommandError(f"--init: {exc}") from None
-    if engine_config is None:
+    if converted is None:
         return path
     dest = src.with_name(src.stem + ".nvflare.pt")
-    torch.save({"model": state}, dest)
+    torch.save(converted, dest)
     print(f"note: {src} is an engine checkpoint; the jobs start from {dest}, its weights in the form NVFlare's "
           "persistor reads", file=sys.stderr)
     return str(dest)

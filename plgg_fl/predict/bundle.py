@@ -157,7 +157,7 @@ def training_data(meta: dict[str, Any]) -> str:
 
 def metadata(model: torch.nn.Module, cfg: Any, meta: dict[str, Any], source_name: str) -> dict[str, Any]:
     """``configs/metadata.json``: MONAI's bundle metadata fields, filled from the checkpoint."""
-    versions = package_versions()
+    versions = package_versions(extra=("pytorch-ignite", "fire"))
     spacing = "its own grid" if not cfg.spacing_mm else " x ".join(f"{s:g}" for s in cfg.spacing_mm) + " mm"
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
@@ -166,8 +166,7 @@ def metadata(model: torch.nn.Module, cfg: Any, meta: dict[str, Any], source_name
         "monai_version": versions["monai"],
         "pytorch_version": versions["torch"].split("+")[0],
         "numpy_version": versions["numpy"],
-        "required_packages_version": {"nibabel": versions["nibabel"], "pytorch-ignite": _version("pytorch-ignite"),
-                                      "fire": _version("fire")},
+        "required_packages_version": {k: versions[k] for k in ("nibabel", "pytorch-ignite", "fire")},
         "name": f"plgg-fl whole-tumour segmentation ({meta.get('method', model.preset)})",
         "task": "Pediatric low-grade glioma whole-tumour segmentation on T2-weighted MRI",
         "description": ("3D U-Net (MONAI DynUNet, plgg-fl preset "
@@ -194,17 +193,8 @@ def metadata(model: torch.nn.Module, cfg: Any, meta: dict[str, Any], source_name
                                  "is_patch_data": True, "channel_def": {"0": "background", "1": "whole tumour"}}},
         },
         "plgg_fl": {"preset": model.preset, "model_args": dict(model.init_args), "train_config": cfg.to_dict(),
-                    "checkpoint_meta": meta.get("checkpoint_meta", {})},
+                    "checkpoint_meta": {k: v for k, v in meta.items() if k != "preprocessing"}},
     }
-
-
-def _version(pkg: str) -> str:
-    from importlib import metadata as md
-
-    try:
-        return md.version(pkg)
-    except md.PackageNotFoundError:
-        return "not installed"
 
 
 def readme(meta_doc: dict[str, Any], cfg: Any) -> str:
@@ -245,7 +235,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, overwrite: bool = False) ->
     except Exception:  # noqa: BLE001 - what failed is reported as what the file is
         raise ModelError("not a plgg-fl engine checkpoint; a MONAI bundle is made from one (.pt saved by plgg-fl)", ckpt) from None
     net, kwargs = dynunet_from(model)
-    meta_doc = metadata(model, cfg, {**meta, "checkpoint_meta": {k: v for k, v in meta.items() if k != "preprocessing"}}, ckpt.name)
+    meta_doc = metadata(model, cfg, meta, ckpt.name)
     atomic_write(out / WEIGHTS, lambda p: torch.save(net.state_dict(), p), overwrite=True)
     for rel, doc in ((CONFIG, inference_config(cfg, kwargs)), (METADATA, meta_doc)):
         text = json.dumps(doc, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))

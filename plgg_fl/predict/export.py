@@ -48,9 +48,10 @@ class ExportedNet(nn.Module):
         return self.net(x)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python's and the installed versions of the packages a model card names (and ``extra``)."""
     out = {"python": platform.python_version()}
-    for pkg in ("plgg-fl", "torch", "monai", "numpy", "nibabel", "SimpleITK", "nvflare"):
+    for pkg in ("plgg-fl", "torch", "monai", "numpy", "nibabel", "SimpleITK", "nvflare", *extra):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

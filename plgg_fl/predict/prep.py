@@ -158,14 +158,6 @@ def _whole(x: float, tol: float = 1e-4) -> bool:
     return abs(x - round(x)) <= tol * max(1.0, abs(x))
 
 
-def crop_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
-    """Affine of the sub-array ``array[box]``: same axes and spacing, origin moved to the box's corner (mm)."""
-    out = np.array(affine, dtype=np.float64, copy=True)
-    start = np.array([s.start for s in box], dtype=np.float64)
-    out[:3, 3] = out[:3, :3] @ start + out[:3, 3]
-    return out
-
-
 def n4_correct(image: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, float, float], shrink: int = 4, iterations: int = 50) -> np.ndarray:
     """N4 bias-field correction (SimpleITK) inside ``brain``; returns the corrected image (0 outside).
 

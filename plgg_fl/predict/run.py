@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from plgg_fl.predict.dicom_seg import seg_source, write_dicom_seg
 from plgg_fl.predict.io import InputError, ScanInput, SetupError, atomic_write, discover_inputs, read_brain_mask, read_scan, write_like
 from plgg_fl.predict.naming import attach_brain_masks, check_outputs, drop_repeats, make_keys_unique, output_files
-from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, crop_affine, lattice_box, n4_correct
+from plgg_fl.engine.infer import crop_affine
+from plgg_fl.predict.prep import apply_brain_mask, brain_box, brain_region, check_scan, lattice_box, n4_correct
 from plgg_fl.predict.runlog import FILE_LOG, run_log
 
 log = logging.getLogger(__name__)
