@@ -189,7 +189,9 @@ def test_pinned_client_code_accepts_the_installed_script_and_refuses_a_changed_o
 
     from plgg_fl.deploy.filters import PinnedClientCode
 
-    installed = importlib.util.find_spec("plgg_fl.fl.entry.client").origin  # what every study job ships
+    from plgg_fl.fl.runner import CLIENT_SCRIPT_PATH
+
+    installed = CLIENT_SCRIPT_PATH  # what every study job ships
     same, changed, whole = tmp_path / "same", tmp_path / "changed", tmp_path / "whole"
     for d in (same, changed, whole):
         d.mkdir()

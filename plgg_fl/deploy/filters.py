@@ -158,7 +158,7 @@ class PinnedClientCode(Filter):
 
     A job ships its client script in ``custom/client.py``; NVFlare runs whatever is there. This filter
     (a ``task_data_filter`` of the site's privacy scopes) compares it, before the first task of a job
-    is handed to it, with the ``plgg_fl/fl/entry/client.py`` of the plgg-fl the site installed (the
+    is handed to it, with the ``plgg_fl/fl/job_custom/client.py`` of the plgg-fl the site installed (the
     thin script that runs the installed ``plgg_fl.fl.client``), or with the SHA-256 hashes the site
     lists; a job shipping anything else is refused at the site (its tasks fail with the reason in the
     site log, so the job fails) while the study's own jobs run.
@@ -186,9 +186,9 @@ class PinnedClientCode(Filter):
         """The accepted digests: the site's list, else the installed plgg-fl's client script."""
         if self.allow_sha256:
             return set(self.allow_sha256)
-        import importlib.util
+        from plgg_fl.fl.runner import CLIENT_SCRIPT_PATH
 
-        return {self.sha256(importlib.util.find_spec("plgg_fl.fl.entry.client").origin)}
+        return {self.sha256(str(CLIENT_SCRIPT_PATH))}
 
     def refusal(self, custom_dir: str) -> str | None:
         """Why a job whose app code is in ``custom_dir`` is refused (None: it is the study's code)."""

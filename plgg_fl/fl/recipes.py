@@ -26,8 +26,6 @@ package so its code is not copied into the job) and their data configured (:mod:
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,6 @@ from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
 from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 from nvflare.client.config import ExchangeFormat
 from nvflare.job_config.base_fed_job import BaseFedJob
-from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 from nvflare.recipe.spec import Recipe
 from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 
@@ -45,14 +42,11 @@ from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
 from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, RememberGlobalModel
 from plgg_fl.fl.protocol import EVALUATE_JOB, JOB_NAMES, TRAINS, stage  # noqa: F401 - JOB_NAMES: the recipes' names
+from plgg_fl.fl.runner import CLIENT_SCRIPT, InstalledClientRunner
 
-#: The client script, named by its bare file name with its own folder as the current one while a
-#: recipe is built, exported or run: NVFlare writes an in-process script's path into the job config
-#: as given (an absolute path would leak the exporting machine's layout) and copies it to
-#: ``custom/`` under that relative path. A package-relative name (``plgg_fl/fl/client.py``) would
-#: create ``custom/plgg_fl/``, a namespace package that shadows an editable install at the sites.
-CLIENT_SCRIPT = "client.py"
-SCRIPT_DIR = Path(__file__).resolve().parent / "entry"  # the thin script that runs the installed plgg_fl.fl.client
+#: packages NVFlare does not copy into a job's custom/ (the sites and the server have plgg-fl installed)
+APP_PACKAGES = ["plgg_fl"]
+
 MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
 # One task per filter task-set: NVFlare keeps task sets as Python sets, so a multi-task set is
@@ -137,31 +131,7 @@ def client_args(stage: str, opts: StageOptions, extra: str = "") -> str:
     return " ".join(parts)
 
 
-@contextlib.contextmanager
-def at_script_dir():
-    """Run a block with the client script's folder as the current folder (see CLIENT_SCRIPT)."""
-    old = os.getcwd()
-    os.chdir(SCRIPT_DIR)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-class _PackageScript:
-    """Mixin: export/run a recipe whose client script is named relative to SCRIPT_DIR."""
-
-    def export(self, job_dir, *args, **kwargs):
-        job_dir = os.path.abspath(job_dir)
-        with at_script_dir():
-            return super().export(job_dir, *args, **kwargs)
-
-    def run(self, env, *args, **kwargs):
-        with at_script_dir():
-            return super().run(env, *args, **kwargs)
-
-
-class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
+class PinnedFedAvgRecipe(FedAvgRecipe):
     """NVFlare's PyTorch FedAvgRecipe with :class:`PinnedFedAvg` as the server workflow."""
 
     def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, server_opt: dict | None = None,
@@ -173,10 +143,20 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
         super().__init__(min_clients=len(self._sites), **kwargs)
         # the client app goes to the pinned sites only (deploy_map), not to every connected site
         set_per_site_config(self, {site: {} for site in self._sites})
-        if server_opt:  # FedOpt steps a model object on the server (its weights come from the persistor)
+
+    def _setup_model_and_persistor(self, job) -> str:
+        """FedAvgRecipe's hook that builds the server side of ``job``; also declares the app packages
+        and, for FedOpt, the model object it steps (its weights come from the persistor)."""
+        job.set_app_packages(APP_PACKAGES)
+        if self._server_opt:
             from plgg_fl.fl.model import SeededPlggUNet
 
-            self._job.to_server(SeededPlggUNet(**self.model["args"]), id="server_opt_model")
+            job.to_server(SeededPlggUNet(**self.model["args"]), id="server_opt_model")
+        return super()._setup_model_and_persistor(job)
+
+    def _create_client_runner(self, site_config: dict) -> InstalledClientRunner:
+        """The site client (:mod:`plgg_fl.fl.runner`) instead of NVFlare's ScriptRunner."""
+        return InstalledClientRunner(self.train_args)
 
     def _create_controller(self, persistor_id, model_params, model_aggregator):
         if self._server_opt:
@@ -212,12 +192,9 @@ class PinnedFedAvgRecipe(_PackageScript, FedAvgRecipe):
 
 
 def _finish(recipe: Recipe, opts: StageOptions) -> Recipe:
-    """Settings every job shares: app package, server task interval, output filters."""
-    recipe._job.set_app_packages(["plgg_fl"])  # Recipe exposes no public accessor in 2.9
-    # a dict given to the server becomes top-level keys of config_fed_server.json
-    recipe._job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL_S}})
-    with at_script_dir():  # adding filters makes NVFlare resolve the client script now
-        return _add_filters(recipe, opts)
+    """Settings every job shares: the server task interval and the output filters."""
+    recipe.add_server_config({"server": {"task_request_interval": TASK_REQUEST_INTERVAL_S}})
+    return _add_filters(recipe, opts)
 
 
 def _add_filters(recipe: Recipe, opts: StageOptions) -> Recipe:
@@ -307,7 +284,7 @@ def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt:
     return _stage_recipe("decoder", sites, opts, initial_ckpt)
 
 
-class EvaluateRecipe(_PackageScript, Recipe):
+class EvaluateRecipe(Recipe):
     """``plgg_evaluate``: NVFlare's GlobalModelEval sends each named model to ``sites`` ('validate').
 
     Results (scalar metrics per site and model) land in the server's
@@ -330,6 +307,7 @@ class EvaluateRecipe(_PackageScript, Recipe):
             raise ValueError(f"model checkpoints must be absolute paths on the server or bare file names shipped "
                              f"in the job's server app, got {bad}")
         job = BaseFedJob(name=name, min_clients=len(sites))
+        job.set_app_packages(APP_PACKAGES)
         locator_id = job.to_server(CheckpointLocator(models=dict(models or {})), id="locator")
         job.to_server(
             GlobalModelEval(model_locator_id=locator_id, participating_clients=list(sites), validation_timeout=timeout_s)
@@ -341,7 +319,7 @@ class EvaluateRecipe(_PackageScript, Recipe):
 
     def _prepare_client_apps(self) -> None:
         for site in self._sites:  # deployed to the evaluation sites only
-            self._job.to(ScriptRunner(script=CLIENT_SCRIPT, script_args=self._runner_args, framework=FrameworkType.PYTORCH), site)
+            self._job.to(InstalledClientRunner(self._runner_args, server_expected_format=None), site)
 
 
 def evaluate_recipe(
