@@ -34,6 +34,7 @@ import yaml
 from plgg_fl.deploy import api
 from plgg_fl.deploy.federation import LocalFederation, free_port, wait_until
 from plgg_fl.deploy.provision import PROJECT_YML, provision
+from plgg_fl.fl.protocol import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -248,9 +249,13 @@ def test_a_job_with_a_changed_client_script_is_refused_at_the_site(fed):
     script.write_text(script.read_text(encoding="utf-8") + "\n# a changed client script\n", encoding="utf-8")
     out = api.submit_and_follow(fed.lead, job, fed.tmp / "results_changed_code", timeout=JOB_TIMEOUT, echo=print)
     assert not out.ok, out
-    site_log = (fed.kits.clients["brats"] / out.job_id / "log.txt").read_text(errors="replace", encoding="utf-8")
+    site_log_path = fed.kits.clients["brats"] / out.job_id / "log.txt"
+    site_log = site_log_path.read_text(errors="replace", encoding="utf-8")
     assert "site policy PinnedClientCode" in site_log and "job refused" in site_log
-    assert "round 0: val_dice" not in site_log  # nothing was trained
+    records = read_records(site_log_path)
+    assert not [r for r in records if r["event"] == "round"], records  # nothing was trained
+    errors = api.site_errors(out.result_dir)  # the refusal reaches the lead as the site's failure record
+    assert list(errors) == ["brats"] and "PinnedClientCode" in " ".join(errors["brats"]), errors
 
 
 def test_a_server_restarted_mid_job_ends_the_job_saying_why(fed):

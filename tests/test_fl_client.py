@@ -67,3 +67,55 @@ def test_evaluate_task_files_rows_under_the_model_name_and_sends_scalars_only(st
 def test_submit_task_sends_every_tensor(state_for):
     state = state_for("--stage", "decoder")
     assert set(client.handle_submit(state).params) == set(state.model.state_dict())
+
+
+def test_the_client_reports_each_task_as_records_kept_at_the_site_and_printed_as_log_lines(state_for, tmp_path, capsys):
+    state = client.site_state(client.parse_args(["--local-steps", "1", *SETTINGS]), "cbtn", "job-7")
+    received = FLModel(params=PlggUNet(preset="tiny").state_dict(), current_round=3)
+    client.receive_weights(state, received)
+    client.handle_train(state, received)
+    client.handle_evaluate(state, FLModel(meta={protocol.MODEL_NAME_META: "stepwise"}), "job-7")
+    state.records.failed(RuntimeError("disk full"))
+    kept = protocol.read_records(tmp_path / "plgg_results" / "job-7" / protocol.RECORDS_FILE)
+    assert [r["event"] for r in kept] == ["started", "round", "scoring", "evaluation", "failed"]
+    assert all(r["site"] == "cbtn" and isinstance(r["time"], float) for r in kept)
+    started, rnd, _, evaluation, failed = kept
+    assert started["stage"] == "full" and started["sent_tensors"] == started["total_tensors"] > 0
+    assert rnd["round"] == 3 and rnd["steps"] == 1 and 0 <= rnd["val_dice"] <= 1 and rnd["train_loss"] > 0
+    assert evaluation["model"] == "stepwise" and evaluation["splits"] == "test" and evaluation["n_metrics"] > 0
+    assert failed["error"] == "RuntimeError" and failed["message"] == "disk full"
+    # the same records, one per printed line (what lands in the site's job log), read back the same way
+    printed = [protocol.parse_record_line(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r for r in printed if r] == kept
+    assert protocol.describe_record(rnd).startswith("[cbtn] round 3: val_dice(global)=")
+
+
+def test_record_lines_round_trip_and_damage_is_seen():
+    rec = protocol.make_record("round", "dfci_bch", 1.5, round=0, train_loss=0.25, steps=10, val_dice=float("nan"))
+    assert "val_dice" not in rec  # a number that is not finite is left out: records are strict JSON
+    line = "2026-11-30 01:57:29,619 - TaskScriptRunner - INFO - " + protocol.record_line(rec)
+    assert protocol.parse_record_line(line) == rec
+    assert protocol.parse_record_line("2026-11-30 - INFO - [cbtn] round 0: val_dice(global)=0.5") is None
+    damaged = protocol.parse_record_line(protocol.record_line(rec)[:-5])
+    assert damaged["event"] == "unreadable" and "dfci_bch" in damaged["line"]
+    with pytest.raises(ValueError, match="unknown record event"):
+        protocol.make_record("finished", "cbtn", 0.0)
+    with pytest.raises(ValueError, match="lacks"):
+        protocol.make_record("failed", "cbtn", 0.0, error="X")
+
+
+def test_job_folder_problems_are_the_failure_records_then_nvflare_logged_errors(tmp_path):
+    from plgg_fl.fl import joblogs
+
+    site = tmp_path / "cbtn"
+    (site / "plgg_results" / "simulate_job").mkdir(parents=True)
+    rec = protocol.make_record("failed", "cbtn", 0.0, error="ManifestError", message="manifest file not found")
+    (site / "plgg_results" / "simulate_job" / protocol.RECORDS_FILE).write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    entries = [{"levelname": "INFO", "message": "round 0 started"},
+               {"levelname": "ERROR", "message": "Traceback (most recent call last):\n  File x\nValueError: bad DXO"},
+               {"levelname": "ERROR", "message": "Traceback (most recent call last):\n  File y\nValueError: bad DXO"},
+               {"levelname": "CRITICAL", "message": "round 0: no result from site(s) cbtn"}]
+    (site / "log.json").write_text("\n".join(map(json.dumps, entries)) + "\nnot json\n", encoding="utf-8")
+    assert joblogs.folder_problems(site) == ["[cbtn] FAILED: ManifestError: manifest file not found",
+                                             "ValueError: bad DXO", "round 0: no result from site(s) cbtn"]
+    assert joblogs.folder_problems(tmp_path / "nowhere") == []

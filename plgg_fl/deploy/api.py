@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
-from plgg_fl.fl.protocol import JOB_NAMES
+from plgg_fl.fl.joblogs import failure_lines, nvflare_errors
+from plgg_fl.fl.protocol import JOB_NAMES, read_records
 from plgg_fl.deploy.restart import END_REASON_KEY
 
 log = logging.getLogger(__name__)
@@ -149,33 +149,25 @@ def _write_logs(result_dir, texts: dict, suffix: str) -> dict[str, Path]:
     return written
 
 
-_ERROR_LINE = re.compile(r"\[plgg-fl client\] FAILED|^\S*(Error|Exception): ")
-
-
-_SERVER_ERROR = re.compile(r" - ERROR - (?:\[[^\]]*\] - )?(.*)$")
-
-
 def server_errors(result_dir: str | Path, max_lines: int = 5) -> list[str]:
-    """The server's error messages for the job (from its log in the downloaded ``workspace/``): why the
-    server stopped it, e.g. ``round 1: no result from site(s) dfci_bch ...`` or an evaluation job
-    with no model. Traceback lines are left out."""
+    """The server's error messages for the job, from NVFlare's JSON log (``log.json``) in the downloaded
+    ``workspace/``: why the server stopped it, e.g. ``round 1: no result from site(s) dfci_bch ...`` or
+    an evaluation job with no model (a traceback is reduced to its exception line)."""
     out: list[str] = []
-    for f in sorted(Path(result_dir).glob("workspace/**/log.txt")):
-        for ln in f.read_text(errors="replace", encoding="utf-8").splitlines():
-            m = _SERVER_ERROR.search(ln)
-            if m and not m.group(1).startswith("Traceback"):
-                out.append(m.group(1).strip())
-    return list(dict.fromkeys(out))[-max_lines:]
+    for f in sorted(Path(result_dir).glob("workspace/**/log.json")):
+        out += [m for m in nvflare_errors(f, limit=1000) if m not in out]
+    return out[-max_lines:]
 
 
 def site_errors(result_dir: str | Path, max_lines: int = 5) -> dict[str, list[str]]:
-    """Per site, the error lines of its streamed job log (``site_logs/``): who failed and why."""
-    out = {}
+    """Per site, its ``failed`` records (:mod:`plgg_fl.fl.protocol`) in the logs it streamed to the
+    server (``site_logs/``): the client's failure, or a site policy refusing the job. Who failed and why."""
+    out: dict[str, list[str]] = {}
     for f in sorted((Path(result_dir) / "site_logs").glob("*.txt")):
         site = f.name.split(".", 1)[0]
         if site == "server":
             continue
-        lines = [ln.strip() for ln in f.read_text(errors="replace", encoding="utf-8").splitlines() if _ERROR_LINE.search(ln.strip())]
+        lines = failure_lines(read_records(f))
         if lines:
             out[site] = list(dict.fromkeys(out.get(site, []) + lines))[-max_lines:]
     return out

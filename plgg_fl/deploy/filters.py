@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import time
 
 import numpy as np
 from nvflare.apis.analytix import TrackConst
@@ -31,6 +32,8 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, FLMetaKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+
+from plgg_fl.fl.protocol import make_record, record_line
 
 MODEL_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 #: NVFlare's own DXO meta keys (round numbers, step counts, filter history, job/site ids ...)
@@ -212,6 +215,9 @@ class PinnedClientCode(Filter):
                 self.log_info(fl_ctx, "site policy PinnedClientCode: the job's client code is the study's")
         if self._checked[job_id]:
             self.log_error(fl_ctx, self._checked[job_id])
+            # the same as the site's failure record, which the lead's tools read from the streamed log
+            self.log_error(fl_ctx, record_line(make_record("failed", fl_ctx.get_identity_name(), time.time(),
+                                                           error="PermissionError", message=self._checked[job_id])))
             raise PermissionError(self._checked[job_id])
         return shareable
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
-from plgg_fl.fl.protocol import MODEL_NAME_META, TRAINS, results_folder, scalar_metrics
+from plgg_fl.fl.protocol import (MODEL_NAME_META, RECORDS_FILE, TRAINS, make_record, record_line, results_folder,
+                                 scalar_metrics)
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -88,6 +90,30 @@ def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, req
     return cases
 
 
+class SiteRecords:
+    """Where a site's client reports what it does (:data:`plgg_fl.fl.protocol.RECORD_FIELDS`): each record
+    is appended to ``plgg_results/<job_id>/records.jsonl`` (kept at the site) and printed as its
+    ``plgg-record`` line, which lands in the site's job log (streamed to the server where allowed)."""
+
+    def __init__(self, site: str, job_id: str):
+        self.site = site
+        self.path = Path("plgg_results") / job_id / RECORDS_FILE
+
+    def write(self, event: str, **fields) -> dict:
+        rec = make_record(event, self.site, time.time(), **fields)
+        line = record_line(rec)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line.split(" ", 1)[1] + "\n")
+        print(line, flush=True)
+        return rec
+
+    def failed(self, exc: BaseException) -> dict:
+        """The ``failed`` record of ``exc``: its type, message and the last lines of its traceback."""
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        return self.write("failed", error=type(exc).__name__, message=str(exc) or repr(exc), traceback="".join(tb)[-4000:])
+
+
 @dataclass
 class SiteState:
     """What a site's client keeps across the tasks of one job: the network, its one Trainer (built at
@@ -99,6 +125,7 @@ class SiteState:
     cfg: TrainConfig
     model: PlggUNet
     decoder_keys: list[str]
+    records: SiteRecords
     trainer: ProxTrainer | None = None
     validation: tuple[list, dict[str, float]] | None = None  # (usable cases, their counts)
     train_counts: dict[str, float] = field(default_factory=dict)
@@ -110,16 +137,19 @@ class SiteState:
         return self.decoder_keys if self.args.stage == "decoder" else list(self.model.state_dict())
 
 
-def site_state(args: argparse.Namespace, site: str) -> SiteState:
-    """The state of ``site`` for a job run with ``args``: its data found at the site, the network built."""
+def site_state(args: argparse.Namespace, site: str, job_id: str = "local") -> SiteState:
+    """The state of ``site`` for job ``job_id`` run with ``args``: its data found at the site, the network
+    built (record ``started``)."""
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     site_cfg = resolve_site_config(site)
     if site_cfg.device:
         overrides["device"] = site_cfg.device
     cfg = TrainConfig.from_overrides(overrides)
     model = PlggUNet(preset=cfg.preset)
-    state = SiteState(args, site, load_manifest(site_cfg.manifest), cfg, model, encoder_decoder_keys(model)[1])
-    print(f"[{site}] data from {site_cfg.source}; stage={args.stage}; {len(state.send_keys)}/{len(model.state_dict())} tensors sent")
+    state = SiteState(args, site, load_manifest(site_cfg.manifest), cfg, model, encoder_decoder_keys(model)[1],
+                      SiteRecords(site, job_id))
+    state.records.write("started", stage=args.stage, data_source=str(site_cfg.source), sent_tensors=len(state.send_keys),
+                        total_tensors=len(model.state_dict()))
     return state
 
 
@@ -158,8 +188,8 @@ def handle_train(state: SiteState, received: FLModel, tracker: Any = None) -> FL
         params, ptype = {k: after[k] - before[k].cpu() for k in send_keys}, ParamsType.DIFF
     else:
         params, ptype = after, ParamsType.FULL
-    print(f"[{state.site}] round {received.current_round}: val_dice(global)={metrics.get('val_dice', float('nan')):.4f} "
-          f"train_loss={metrics['train_loss']:.4f} steps={out['steps']}" + (f" fedprox_mu={trainer.mu:g}" if trainer.mu else ""))
+    state.records.write("round", round=received.current_round, val_dice=metrics.get("val_dice", math.nan),
+                        train_loss=metrics["train_loss"], steps=int(out["steps"]), fedprox_mu=float(trainer.mu or 0.0))
     if tracker is not None:
         for name, value in metrics.items():  # the same scalars that go to the server with the weights
             tracker.add_scalar(name, value, global_step=received.current_round)
@@ -178,14 +208,14 @@ def handle_evaluate(state: SiteState, received: FLModel, job_id: str) -> FLModel
     model_dir.mkdir(parents=True, exist_ok=True)  # which model this is, for the site's own reports
     (model_dir / "model.json").write_text(json.dumps({"model": name, "order": state.n_evaluated}), encoding="utf-8")
     name = name or f"model_{state.n_evaluated}"
-    print(f"[{state.site}] evaluation: scoring model '{name}' on {state.args.eval_splits}")
+    state.records.write("scoring", model=name, splits=state.args.eval_splits)
     for split in [s for s in state.args.eval_splits.split(",") if s]:
         cases = site_cases(state.manifest, split, metrics, f"{split}/", required=True)
         if not cases:  # the site has no such split (it lists none): skipped, "<split>/listed" = 0 says so
             continue
         _, summary = evaluate_cases(state.model, cases, state.cfg, out_dir=model_dir / split, progress=False)
         metrics.update(scalar_metrics(summary, prefix=f"{split}/", min_cases=min_summary_cases()))
-    print(f"[{state.site}] evaluation of model '{name}': {len(metrics)} scalar metrics; per-case rows kept at the site")
+    state.records.write("evaluation", model=name, splits=state.args.eval_splits, n_metrics=len(metrics))
     return FLModel(metrics=metrics)
 
 
@@ -199,18 +229,23 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     flare.init()
     tracker = SummaryWriter()  # scalars streamed to the server's TensorBoard receiver
-    state = site_state(args, flare.get_site_name())
-    while flare.is_running():
-        received = flare.receive()
-        if received is None:
-            break
-        receive_weights(state, received)
-        if flare.is_train():
-            flare.send(handle_train(state, received, tracker))
-        elif flare.is_evaluate():
-            flare.send(handle_evaluate(state, received, flare.get_job_id()))
-        elif flare.is_submit_model():
-            flare.send(handle_submit(state))
+    site, job_id = flare.get_site_name(), flare.get_job_id()
+    try:
+        state = site_state(args, site, job_id)
+        while flare.is_running():
+            received = flare.receive()
+            if received is None:
+                break
+            receive_weights(state, received)
+            if flare.is_train():
+                flare.send(handle_train(state, received, tracker))
+            elif flare.is_evaluate():
+                flare.send(handle_evaluate(state, received, job_id))
+            elif flare.is_submit_model():
+                flare.send(handle_submit(state))
+    except Exception as exc:  # the site's failure, as a record the pipeline and the deploy wrapper read
+        SiteRecords(site, job_id).failed(exc)
+        raise
 
 
 def run() -> None:

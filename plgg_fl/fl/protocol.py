@@ -1,4 +1,5 @@
-"""What the federation's parts agree on, written once: the stage table and the metric-key schema.
+"""What the federation's parts agree on, written once: the stage table, the metric-key schema and the
+sites' records.
 
 **Stages.** Each training stage has three names that used to be spelled out wherever they were
 needed: its key in a pipeline config (``pretrain``), its NVFlare job (``brats_pretrain``) and what its
@@ -14,7 +15,9 @@ together, with the paper's stage number; :data:`JOB_NAMES` adds the evaluation j
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from plgg_fl.engine.metrics import finite_number
@@ -113,3 +116,84 @@ def parse_summary_key(key: str) -> SummaryKey | None:
     if len(parts) != 5 or parts[1] != "groups" or not all(parts):
         return None
     return SummaryKey(parts[0], parts[2], parts[3], parts[4])
+
+
+# --- Site records ---------------------------------------------------------------------------------
+#: Every site client reports what it does as records: one JSON object per line, with ``event``,
+#: ``site``, ``time`` (seconds since the epoch) and the event's fields (:data:`RECORD_FIELDS`; numbers
+#: that are not finite are left out). They are kept at the site in ``plgg_results/<job id>/records.jsonl``
+#: (:data:`RECORDS_FILE`) and written to the site's job log as ``plgg-record {...}``
+#: (:data:`RECORD_TAG`), the line NVFlare streams to the server where a site allows log streaming.
+#: Readers use :func:`parse_record_line` / :func:`read_records`, never a pattern over free text.
+RECORD_TAG = "plgg-record"
+RECORDS_FILE = "records.jsonl"
+RECORD_FIELDS: dict[str, tuple[str, ...]] = {
+    "started": ("stage", "data_source", "sent_tensors", "total_tensors"),  # the site found its data, built its network
+    "round": ("round", "train_loss", "steps"),  # one training round; also val_dice (the received model), fedprox_mu
+    "scoring": ("model", "splits"),  # a model received for evaluation, being scored
+    "evaluation": ("model", "splits", "n_metrics"),  # one model scored
+    "failed": ("error", "message"),  # the client stopped; also traceback (its last lines)
+}
+
+
+def make_record(event: str, site: str, time_s: float, **fields) -> dict:
+    """A record of ``event`` at ``site``; ValueError for an unknown event or a missing field."""
+    if event not in RECORD_FIELDS:
+        raise ValueError(f"unknown record event {event!r}; events are {', '.join(RECORD_FIELDS)}")
+    missing = [f for f in RECORD_FIELDS[event] if f not in fields]
+    if missing:
+        raise ValueError(f"record {event!r} lacks {missing}")
+    kept = {k: v for k, v in fields.items() if not (isinstance(v, float) and not finite_number(v))}
+    return {"event": event, "site": site, "time": round(float(time_s), 3), **kept}
+
+
+def record_line(record: dict) -> str:
+    """The log line of a record: ``plgg-record {json}`` (one line, strict JSON)."""
+    return f"{RECORD_TAG} {json.dumps(record, sort_keys=True, allow_nan=False)}"
+
+
+def parse_record_line(line: str) -> dict | None:
+    """The record a log line carries (whatever the logger put before :data:`RECORD_TAG`), or None for
+    any other line. A tagged line whose JSON is not a valid record is returned as an ``unreadable``
+    record holding the line, so a damaged failure report is still seen."""
+    at = line.find(RECORD_TAG + " {")
+    if at < 0:
+        return None
+    text = line[at + len(RECORD_TAG) + 1:].strip()
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError:
+        rec = None
+    if not isinstance(rec, dict) or rec.get("event") not in RECORD_FIELDS or not isinstance(rec.get("site"), str):
+        return {"event": "unreadable", "site": "", "line": text[:500]}
+    return rec
+
+
+def read_records(path) -> list[dict]:
+    """The records of a ``records.jsonl`` file or of a log holding ``plgg-record`` lines ([] if absent)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    lines = p.read_text(errors="replace", encoding="utf-8").splitlines()
+    if p.name.endswith(".jsonl"):
+        lines = [RECORD_TAG + " " + ln for ln in lines if ln.strip()]
+    return [r for r in map(parse_record_line, lines) if r is not None]
+
+
+def describe_record(rec: dict) -> str:
+    """One line for people: ``[cbtn] round 3: val_dice(global)=0.4100 train_loss=0.3120 steps=10``."""
+    ev, site = rec.get("event"), rec.get("site", "?")
+    if ev == "started":
+        return (f"[{site}] data from {rec['data_source']}; stage={rec['stage']}; "
+                f"{rec['sent_tensors']}/{rec['total_tensors']} tensors sent")
+    if ev == "round":
+        mu = f" fedprox_mu={rec['fedprox_mu']:g}" if rec.get("fedprox_mu") else ""
+        return (f"[{site}] round {rec['round']}: val_dice(global)={rec.get('val_dice', float('nan')):.4f} "
+                f"train_loss={rec['train_loss']:.4f} steps={rec['steps']}{mu}")
+    if ev == "scoring":
+        return f"[{site}] evaluation: scoring model '{rec['model']}' on {rec['splits']}"
+    if ev == "evaluation":
+        return f"[{site}] evaluation of model '{rec['model']}' on {rec['splits']}: {rec['n_metrics']} scalar metrics; per-case rows kept at the site"
+    if ev == "failed":
+        return f"[{site}] FAILED: {rec['error']}: {rec['message']}"
+    return f"[{site}] unreadable record: {rec.get('line', '')}"

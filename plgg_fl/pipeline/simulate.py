@@ -7,15 +7,20 @@ Layout of a job's simulator workspace (NVFlare 2.9, ``SimEnv(workspace_root=W)``
     W/<job>/server/simulate_job/app_server/best_FL_global_model.pt   best by val_dice
     W/<job>/server/simulate_job/metrics/round_metrics.jsonl          per-round, per-site metrics
     W/<job>/server/simulate_job/cross_site_val/cross_val_results.json   evaluation results
-    W/<job>/<site>/log.txt                                           a site's log (client script prints)
+    W/<job>/<site>/log.txt, log.json                                 a site's log (NVFlare's text and JSON logs)
+    W/<job>/<site>/plgg_results/simulate_job/records.jsonl           the site client's records (plgg_fl.fl.protocol)
     W/<job>/<site>/plgg_results/...                                  per-case rows, kept at the site
+    W/<job>/server/log.json                                          the server's JSON log
+
+Progress is printed from the sites' records as they are written; a failure is reported with the
+site's ``failed`` record and NVFlare's logged errors (:mod:`plgg_fl.fl.joblogs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import shutil
 import threading
 import time
@@ -25,12 +30,10 @@ from pathlib import Path
 from nvflare.recipe import SimEnv
 
 from plgg_fl.fl.filters import ENV_RECORD_DIR
+from plgg_fl.fl.joblogs import folder_problems
+from plgg_fl.fl.protocol import RECORDS_FILE, describe_record, read_records
 from plgg_fl.fl.site import manifest_env_var
 from plgg_fl.pipeline.processes import ENV_MARK, ignoring_interrupts, new_mark, stop_marked
-
-_ERROR_LINE = re.compile(r" - (ERROR|CRITICAL) - |Traceback|Error:|Exception")
-_PROGRESS_LINE = re.compile(r"\[(?P<site>[\w-]+)\] (round|evaluation|data from)")
-
 
 class StageFailed(RuntimeError):
     """A simulator job whose outputs are missing; the message names the site and its log lines."""
@@ -61,18 +64,10 @@ class JobResult:
         return self.workspace / site / "log.txt"
 
 
-def error_lines(log: Path, limit: int = 12) -> list[str]:
-    """The first ``limit`` error-looking lines of a log (empty if the log is missing)."""
-    if not log.is_file():
-        return [f"(no log at {log})"]
-    lines = [ln.rstrip() for ln in log.read_text(errors="replace", encoding="utf-8").splitlines() if _ERROR_LINE.search(ln)]
-    return lines[:limit]
-
-
 def _fail(job: str, site: str, why: str, result: JobResult) -> StageFailed:
-    lines = error_lines(result.site_log(site)) if site != "server" else error_lines(result.workspace / "server" / "log.txt")
-    body = "\n    ".join(lines) or "(no error lines found)"
-    return StageFailed(f"{job}: site {site!r} {why}. Log {result.site_log(site) if site != 'server' else 'server/log.txt'}:\n    {body}")
+    folder = result.workspace / site
+    body = "\n    ".join(folder_problems(folder, 12)) or "(no failure record and no logged error)"
+    return StageFailed(f"{job}: site {site!r} {why}. Log {folder / 'log.txt'}:\n    {body}")
 
 
 def check_training(result: JobResult, num_rounds: int) -> None:
@@ -97,26 +92,22 @@ def check_evaluation(result: JobResult, model_names: list[str]) -> None:
                 raise _fail(result.name, site, f"returned no evaluation metrics for model {name!r}", result)
 
 
-class _LogFollower(threading.Thread):
-    """Print the client script's progress lines ("[site] round ...") from the sites' logs as they come."""
+class _RecordFollower(threading.Thread):
+    """Print the sites' records (``[site] round ...``, :func:`plgg_fl.fl.protocol.describe_record`) as
+    their clients write them to ``<site>/plgg_results/<job>/records.jsonl``."""
 
-    def __init__(self, logs: list[Path], printer):
+    def __init__(self, site_dirs: list[Path], printer):
         super().__init__(daemon=True)
-        self.logs, self.printer, self.pos = logs, printer, {p: 0 for p in logs}
+        self.site_dirs, self.printer, self.seen = site_dirs, printer, {}
         self.stop = threading.Event()
 
     def poll(self) -> None:
-        for log in self.logs:
-            if not log.is_file():
-                continue
-            with log.open(errors="replace") as fh:
-                fh.seek(self.pos[log])
-                chunk = fh.read()
-                self.pos[log] = fh.tell()
-            for line in chunk.splitlines():
-                m = _PROGRESS_LINE.search(line)
-                if m:
-                    self.printer("    " + line[m.start():])
+        for folder in self.site_dirs:
+            for f in sorted(folder.glob(f"plgg_results/*/{RECORDS_FILE}")):
+                records = read_records(f)
+                for rec in records[self.seen.get(f, 0):]:
+                    self.printer("    " + describe_record(rec))
+                self.seen[f] = len(records)
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -177,6 +168,22 @@ def _run_with_timeout(recipe, env, timeout_s: float, mark: str) -> None:
         raise box["exc"]
 
 
+@contextlib.contextmanager
+def environ_set(values: dict[str, str]):
+    """Set environment variables for a block and put back exactly those afterwards (their old values,
+    or absent): nothing else of the process's environment is touched."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def threads_per_client(n_clients: int) -> int:
     """Compute threads for each of ``n_clients`` simulated clients: the machine's cores shared out."""
     return max(1, (os.cpu_count() or 1) // max(1, n_clients))
@@ -199,33 +206,30 @@ def run_in_simulator(
     job_ws = workspace_root / recipe.name
     if job_ws.exists():
         shutil.rmtree(job_ws)
-    saved = dict(os.environ)
-    for site in sites:
-        os.environ[manifest_env_var(site)] = str(Path(manifests[site]).resolve())
-    mark = os.environ[ENV_MARK] = new_mark()  # inherited by every process of the job
+    env_vars = {manifest_env_var(site): str(Path(manifests[site]).resolve()) for site in sites}
+    env_vars[ENV_MARK] = mark = new_mark()  # inherited by every process of the job
     if record_dir is not None:
-        os.environ[ENV_RECORD_DIR] = str(Path(record_dir).resolve() / recipe.name)
+        env_vars[ENV_RECORD_DIR] = str(Path(record_dir).resolve() / recipe.name)
     # the cores shared out between the simulated clients unless the caller says otherwise: on a
     # small CPU box, torch/MONAI thread pools oversubscribe the cores (measured: 0.74 s/step with
     # 1 thread each, 2.7-3.9 s with 2 threads each for two clients on the 2-core build VM), while a
     # single-site job (stage 1) would leave cores idle with one thread
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_client(len(sites))))
-    follower = _LogFollower([job_ws / s / "log.txt" for s in sites], printer)
-    follower.start()
+    env_vars["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS") or str(threads_per_client(len(sites)))
+    follower = _RecordFollower([job_ws / s for s in sites], printer)
     t0 = time.perf_counter()
     env = SimEnv(clients=list(sites), workspace_root=str(workspace_root), gpu_config=gpu,
                  log_config=quiet_console_log_config(workspace_root))
-    try:
-        _run_with_timeout(recipe, env, timeout_s, mark)
-    except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
-        logs = {s: error_lines(job_ws / s / "log.txt", 5) for s in [*sites, "server"]}
-        detail = "".join(f"\n  {s}:\n    " + "\n    ".join(v) for s, v in logs.items() if v)
-        raise StageFailed(f"{recipe.name}: simulator failed: {exc}{detail}") from exc
-    finally:
-        follower.stop.set()
-        follower.join()
-        os.environ.clear()
-        os.environ.update(saved)
+    with environ_set(env_vars):  # the simulator's processes inherit them; the caller's values come back after
+        follower.start()
+        try:
+            _run_with_timeout(recipe, env, timeout_s, mark)
+        except (RuntimeError, TimeoutError) as exc:  # non-zero simulator rc, or hung
+            logs = {s: folder_problems(job_ws / s, 5) for s in [*sites, "server"]}
+            detail = "".join(f"\n  {s}:\n    " + "\n    ".join(v) for s, v in logs.items() if v)
+            raise StageFailed(f"{recipe.name}: simulator failed: {exc}{detail}") from exc
+        finally:
+            follower.stop.set()
+            follower.join()
     result = JobResult(name=recipe.name, workspace=job_ws, wall_s=time.perf_counter() - t0, sites=list(sites))
     rm = job_ws / "server" / "simulate_job" / "metrics" / "round_metrics.jsonl"
     if rm.is_file():
