@@ -68,7 +68,7 @@ TRAIN["nnunet_v2"] = TRAIN["nnunet"]  # nnunet + transposed-conv bias: what an n
 def make_volume(path: Path, seed: int = 7, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
     """A 1 mm skull-stripped 'T2' of ``shape`` voxels (RAS); at 240x240x155 the brain is ~136x168x124 mm with
     a ~24 ml tumour, on other grids both scale with the grid. Returns the tumour (uint8, ``shape``)."""
-    from plgg_fl.predict.toy import blob_volume
+    from plgg_fl.engine.toydata import blob_volume
 
     scale = [n / m for n, m in zip(shape, SHAPE)]
     semi = tuple(s * f for s, f in zip((68, 84, 62), scale))
@@ -119,7 +119,7 @@ def get_model(preset: str, work: Path, device: str = "cpu", steps: int | None = 
     does (cropped to the brain, like nnU-Net), and never see large empty regions."""
     from plgg_fl.engine.checkpoint import load_checkpoint
     from plgg_fl.engine.config import PRESET_DEFAULTS
-    from plgg_fl.predict.toy import train_blob_model
+    from plgg_fl.engine.toydata import train_blob_model
 
     patch, spacing, default_steps, n = TRAIN[preset]
     steps = steps or default_steps

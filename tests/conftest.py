@@ -58,6 +58,6 @@ def predict_one_thread():
 @pytest.fixture(scope="module")
 def predict_ckpt(tmp_path_factory, predict_one_thread):
     """A ``tiny`` engine checkpoint that finds bright blobs (50 steps on 24^3 patches, ~10 s on CPU)."""
-    from plgg_fl.predict.toy import train_blob_model
+    from plgg_fl.engine.toydata import train_blob_model
 
     return train_blob_model(tmp_path_factory.mktemp("model") / "tiny.pt", preset="tiny", steps=50, patch_size=(24, 24, 24))

@@ -10,8 +10,8 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Orientationd, Spacingd
 
 from plgg_fl.engine.infer import crop_affine
+from plgg_fl.engine.toydata import blob_volume
 from plgg_fl.predict.prep import brain_box, lattice_box
-from plgg_fl.predict.toy import blob_volume
 
 
 def _resampled(array, affine, spacing):

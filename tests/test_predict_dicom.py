@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from plgg_fl.engine.toydata import blob_volume
 from plgg_fl.predict.run import PredictOptions, predict_inputs
-from plgg_fl.predict.toy import blob_volume
 from test_predict_safety import _docs_error_rows
 
 QUIET = dict(progress=False)

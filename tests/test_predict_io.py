@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from plgg_fl.engine.toydata import blob_volume
 from plgg_fl.predict.io import InputError, Scan, ScanInput, atomic_write, discover_inputs, read_scan, sitk_affine, write_like
 from plgg_fl.predict.prep import brain_region, check_scan, n4_correct
-from plgg_fl.predict.toy import blob_volume
 
 
 def write_dicom_series(folder: Path, array_ijk: np.ndarray, spacing, direction, origin) -> Path:

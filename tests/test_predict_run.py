@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from plgg_fl.engine.toydata import blob_volume
 from plgg_fl.predict.run import PredictOptions, predict_inputs
-from plgg_fl.predict.toy import blob_volume
 
 QUIET = dict(progress=False)
 

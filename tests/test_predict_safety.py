@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from plgg_fl.cli import main
+from plgg_fl.engine.toydata import blob_volume
 from plgg_fl.predict.io import discover_inputs
-from plgg_fl.predict.toy import blob_volume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "inference.md"
 GRID = dict(shape_ras=(40, 40, 40), spacing_mm=(1.5, 1.5, 1.5), tumour_radius_mm=9)
