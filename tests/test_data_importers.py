@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from plgg_fl.data import BRATS_LABEL_VALUES, load_manifest
-from plgg_fl.data.importers import DataImportError, import_brats, import_nnunet, import_pairs
+from plgg_fl.data.importers import DataImportError, import_brats, import_nnunet, import_pairs, is_t2
 
 
 def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
@@ -201,3 +201,13 @@ def test_t2_channel_names_leave_out_flair_and_t2star():
     flair_only = {"channel_names": {"0": "t1n", "1": "t2f", "2": "T2star"}}
     with pytest.raises(DataImportError, match="no T2 channel"):
         _nnunet_channel(flair_only, None, Path("dataset.json"))
+
+
+@pytest.mark.parametrize("name, t2", [
+    ("T2", True), ("t2", True), ("t2w", True), ("T2w", True), ("T2-weighted", True), ("T2_TSE", True),
+    ("FLAIR", False), ("Flair", False), ("T2-FLAIR", False), ("t2f", False), ("T2*", False), ("T2*w", False),
+    ("t2star", False), ("T2 star", False), ("T1", False), ("t1c", False), ("T1ce", False), ("t1n", False),
+])
+def test_is_t2_the_one_channel_name_rule(name, t2):
+    """The rule both nnU-Net importers use (plgg_fl.data.importers and the engine's import-nnunet)."""
+    assert is_t2(name) is t2

@@ -324,3 +324,19 @@ def test_standard_brats_plans_import_as_nnunet_v2_which_the_pipeline_accepts(tmp
     dl = ((mine[:, 1] - mine[:, 0]) - theirs[:, 2]).abs().max().item()
     print(f"standard BraTS plans as nnunet_v2, eval: max |p diff| {dp:.2e}, max |logit diff| {dl:.2e}")
     assert dp <= TOL and dl <= TOL
+
+
+@pytest.mark.parametrize("channels, picked", [
+    ({"0": "T1", "1": "T2*", "2": "T2"}, 2),  # T2* is not a second T2
+    ({"0": "t1n", "1": "t1c", "2": "t2w", "3": "t2f"}, 2),  # BraTS 2023: t2f is T2-FLAIR
+    ({"0": "FLAIR", "1": "T2-FLAIR", "2": "T2-weighted"}, 2),
+    ({"0": "T1", "1": "FLAIR", "2": "t2f"}, None),
+])
+def test_the_t2_channel_is_named_by_the_data_importers_rule(channels, picked):
+    from plgg_fl.engine.nnunet_import import NnUNetImportError, _pick_channel
+
+    if picked is None:
+        with pytest.raises(NnUNetImportError, match="no T2 channel"):
+            _pick_channel({"channel_names": channels}, len(channels), None)
+    else:
+        assert _pick_channel({"channel_names": channels}, len(channels), None) == (picked, channels[str(picked)])

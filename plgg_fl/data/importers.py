@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from plgg_fl.data.manifest import BINARY_LABEL_VALUES, BRATS_LABEL_VALUES, Case, Manifest, write_manifest
 from plgg_fl.data.splits import load_split_file, make_splits, tumour_volume_ml
 
-__all__ = ["import_brats", "import_nnunet", "import_pairs", "DataImportError"]
+__all__ = ["import_brats", "import_nnunet", "import_pairs", "DataImportError", "is_t2"]
 
 log = logging.getLogger("plgg_fl.data")
 
@@ -159,17 +159,19 @@ def _first_existing(folder: Path, key: str, suffix: str) -> Path | None:
 
 # ----------------------------------------------------------------------------- nnU-Net raw
 
-_T2_NAMES = {"t2", "t2w", "t2weighted"}
 #: Channel names that start with "t2" but are not T2-weighted images: BraTS 2023's "t2f" is T2-FLAIR.
 _NOT_T2 = {"t2f"}
 
 
-def _is_t2(name: str) -> bool:
-    """A channel name that means a T2-weighted image (``T2``, ``T2w``, ``t2_tse`` ...; not FLAIR, T2*, ``t2f``)."""
-    norm = re.sub(r"[^a-z0-9]", "", str(name).lower())
+def is_t2(name: str) -> bool:
+    """Whether a channel / modality name (nnU-Net dataset.json ``channel_names``) means a T2-weighted image:
+    ``T2``, ``t2w``, ``T2-weighted``, ``t2_tse`` ... - lower case, ``*`` read as "star", letters and digits
+    only, it starts with "t2" - but not FLAIR (``FLAIR``, ``T2-FLAIR``, BraTS 2023's ``t2f``) nor T2*
+    (``T2*``, ``t2star``). The one rule for the data importer and the engine's ``import-nnunet``."""
+    norm = re.sub(r"[^a-z0-9]", "", str(name).lower().replace("*", "star"))
     if norm in _NOT_T2 or "flair" in norm or "star" in norm:
         return False
-    return norm in _T2_NAMES or norm.startswith("t2")
+    return norm.startswith("t2")
 
 
 def _nnunet_channel(meta: dict, channel, where: Path) -> int:
@@ -182,7 +184,7 @@ def _nnunet_channel(meta: dict, channel, where: Path) -> int:
         if not hits:
             raise DataImportError(f"{where}: channel {channel!r} not in channel_names {names}")
         return hits[0]
-    t2 = [i for i, n in names.items() if _is_t2(n)]
+    t2 = [i for i, n in names.items() if is_t2(n)]
     if len(t2) == 1:
         return t2[0]
     if len(t2) > 1:

@@ -56,6 +56,7 @@ from typing import Any, Callable
 
 import torch
 
+from plgg_fl.data.importers import is_t2
 from plgg_fl.engine.checkpoint import file_sha256
 from plgg_fl.engine.config import TrainConfig
 from plgg_fl.engine.networks import PRESETS, PlggUNet, preset_args
@@ -67,8 +68,6 @@ __all__ = ["NnUNetImportError", "ImportResult", "import_nnunet", "find_checkpoin
 
 log = logging.getLogger("plgg_fl.engine")
 
-#: channel names taken as T2 without ``channel=`` (lower case, letters and digits only): "T2", "t2w", "T2-weighted"
-T2_NAMES = ("t2", "t2w", "t2weighted")
 #: PlainConvUNet arguments this importer knows (dynamic_network_architectures 0.4); any other may change the network
 _KNOWN_ARCH_KWARGS = {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage",
                       "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
@@ -222,7 +221,7 @@ def _pick_channel(dataset_json: dict, n_in: int, channel: str | int | None) -> t
     elif n_in == 1:
         idx = 0
     else:
-        t2 = [i for i, v in names.items() if re.sub(r"[^a-z0-9]", "", v.lower()) in T2_NAMES]
+        t2 = [i for i, v in names.items() if is_t2(v)]  # the data importer's rule: not FLAIR / t2f / T2*
         if len(t2) != 1:
             raise NnUNetImportError(f"{'no' if not t2 else 'more than one'} T2 channel among channel_names {names}: "
                                     "name the one plgg-fl's T2 scans correspond to with --channel")
