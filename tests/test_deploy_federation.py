@@ -115,7 +115,8 @@ def test_member_may_look_but_not_submit(fed, tmp_path, capsys):
 def test_lead_runs_the_stepwise_chain(fed):
     t0 = time.monotonic()
     logs = []
-    outs = api.run_chain(fed.lead, TINY, fed.tmp / "results", timeout=JOB_TIMEOUT, echo=logs.append)
+    lead_env = api.prod_env(fed.kits.admins[fed.kits.admin_with_role("lead")])  # recipes submitted with Recipe.run(ProdEnv)
+    outs = api.run_chain(fed.lead, lead_env, TINY, fed.tmp / "results", timeout=JOB_TIMEOUT, echo=logs.append)
     print("\n".join(logs), f"\nchain: {time.monotonic() - t0:.0f}s")
     assert [o.name for o in outs] == list(api.STAGES), logs
     assert all(o.ok for o in outs), [(o.name, o.status) for o in outs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -69,7 +70,8 @@ def test_submit_task_sends_every_tensor(state_for):
     assert set(client.handle_submit(state).params) == set(state.model.state_dict())
 
 
-def test_the_client_reports_each_task_as_records_kept_at_the_site_and_printed_as_log_lines(state_for, tmp_path, capsys):
+def test_the_client_reports_each_task_as_records_kept_at_the_site_and_written_to_its_log(state_for, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="plgg_fl.client")
     state = client.site_state(client.parse_args(["--local-steps", "1", *SETTINGS]), "cbtn", "job-7")
     received = FLModel(params=PlggUNet(preset="tiny").state_dict(), current_round=3)
     client.receive_weights(state, received)
@@ -84,9 +86,10 @@ def test_the_client_reports_each_task_as_records_kept_at_the_site_and_printed_as
     assert rnd["round"] == 3 and rnd["steps"] == 1 and 0 <= rnd["val_dice"] <= 1 and rnd["train_loss"] > 0
     assert evaluation["model"] == "stepwise" and evaluation["splits"] == "test" and evaluation["n_metrics"] > 0
     assert failed["error"] == "RuntimeError" and failed["message"] == "disk full"
-    # the same records, one per printed line (what lands in the site's job log), read back the same way
-    printed = [protocol.parse_record_line(ln) for ln in capsys.readouterr().out.splitlines()]
-    assert [r for r in printed if r] == kept
+    # the same records, one per log line (the site's job log; the failure at ERROR: error_log.txt), read back the same way
+    logged = [(r.levelname, protocol.parse_record_line(r.getMessage())) for r in caplog.records if r.name == "plgg_fl.client"]
+    assert [rec for _, rec in logged if rec] == kept
+    assert [level for level, rec in logged if rec] == ["INFO"] * 4 + ["ERROR"]
     assert protocol.describe_record(rnd).startswith("[cbtn] round 3: val_dice(global)=")
 
 

@@ -1,15 +1,17 @@
 """The FLARE API, wrapped for this study: log in with a startup kit, submit a stage, follow it,
 download its result, and chain the stages so each starts from the previous stage's global model.
 
-Everything here goes through NVFlare's own FLARE API (``new_secure_session``, ``submit_job``,
-``get_job_meta``, ``download_job_result``, ``abort_job``); authorization is the server's (a
-``member`` is refused by the server, not by this module).
+Everything here goes through NVFlare's public APIs: stage jobs are the same recipe objects the
+simulator runs (:mod:`plgg_fl.fl.recipes`), submitted with ``Recipe.run(ProdEnv)``; a job folder
+(``--job DIR``) through the FLARE API's ``submit_job``; jobs are followed, downloaded and aborted with
+the FLARE API (``new_secure_session``, ``get_job_meta``, ``download_job_result``, ``abort_job``).
+Authorization is the server's (a ``member`` is refused by the server, not by this module).
 
-Chaining: a stage job starts from a model that travels *inside the job folder* - the checkpoint is
-copied into the server app's ``custom/`` (``app_server/custom/``) and the server's PT persistor is pointed at it by a relative
-name (NVFlare resolves relative checkpoint names against the app's custom folder on the server), so
-the lead's machine and the server need not share a disk. The evaluation job ships the model it scores
-the same way (its locator reads a bare file name from the server app's folder).
+Chaining: a stage job starts from a model that travels *inside the job* - the recipe adds the
+checkpoint to the server app's ``custom/`` and points the server's PT persistor at it by its bare name
+(NVFlare resolves relative checkpoint names against the app's custom folder on the server), so the
+lead's machine and the server need not share a disk. The evaluation job ships the model it scores the
+same way (its locator reads a bare file name from the server app's folder).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
 from plgg_fl.fl.joblogs import failure_lines, nvflare_errors
 from plgg_fl.fl.protocol import JOB_NAMES, read_records
+from plgg_fl.fl.recipes import INITIAL_MODEL_NAME
 from plgg_fl.deploy.restart import END_REASON_KEY
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,6 @@ TERMINAL_PREFIX = "FINISHED"
 FAILED_STATUSES = ("FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL")
 #: stage order of the stepwise pipeline; each training stage starts from the one before
 STAGES = JOB_NAMES  # the jobs a chain submits, in order (plgg_fl.fl.protocol)
-INITIAL_MODEL_NAME = "initial_model.pt"
 GLOBAL_MODEL_NAMES = ("FL_global_model.pt", "best_FL_global_model.pt")
 
 
@@ -182,41 +185,17 @@ def global_model(result_dir: str | Path, which: str = "last") -> Path:
     return hits[0]
 
 
-def embed_initial_model(job_dir: str | Path, checkpoint: str | Path) -> Path:
-    """Make training job ``job_dir`` start from ``checkpoint``, shipped inside the job folder.
-
-    Copies the file into every app's ``custom/`` and points each server-side PT persistor at it by
-    relative name. NVFlare's persistor reads ``{"model": state dict}`` or a bare state dict, so an
-    engine checkpoint (``plgg-fl train``, ``plgg-fl import-nnunet``) is shipped as its state dict in
-    that form; any other file as it is. Returns the job folder.
-    """
-    job_dir = Path(job_dir)
-    changed = False
-    for server_cfg in job_dir.glob("*/config/config_fed_server.json"):
-        app = server_cfg.parent.parent
-        cfg = json.loads(server_cfg.read_text(encoding="utf-8"))
-        for comp in cfg.get("components", []):
-            if comp.get("path", "").endswith("PTFileModelPersistor"):
-                comp.setdefault("args", {})["source_ckpt_file_full_name"] = INITIAL_MODEL_NAME
-                changed = True
-        if changed:
-            (app / "custom").mkdir(exist_ok=True)
-            _write_initial_model(Path(checkpoint), app / "custom" / INITIAL_MODEL_NAME)
-            server_cfg.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
-    if not changed:
-        raise ValueError(f"{job_dir}: no PTFileModelPersistor in a server config; cannot set its initial model")
-    return job_dir
-
-
 def _write_initial_model(src: Path, dest: Path) -> None:
-    """``src`` at ``dest`` in a form NVFlare's PT persistor reads (see :func:`embed_initial_model`)."""
+    """``src`` at ``dest`` in a form NVFlare's PT persistor reads (``{"model": state dict}`` or a bare state
+    dict): an engine checkpoint (``plgg-fl train``, ``plgg-fl import-nnunet``) as its state dict in that
+    form; any other file as it is (the job says what NVFlare makes of it)."""
     import torch
 
     from plgg_fl.engine.checkpoint import nvflare_form
 
     try:
         converted = nvflare_form(src)
-    except ValueError:  # no state dict plgg-fl reads: shipped as it is, the job says what NVFlare makes of it
+    except ValueError:  # no state dict plgg-fl reads
         converted = None
     if converted is not None:
         torch.save(converted, dest)
@@ -224,39 +203,71 @@ def _write_initial_model(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoint: str | Path | None = None,
-                      model_name: str = "stepwise") -> Path:
-    """Export stage job ``stage`` from pipeline config ``config`` into ``out/<stage>``.
+def stage_recipe(stage: str, config: str | Path, ship_dir: str | Path, checkpoint: str | Path | None = None,
+                 model_name: str = "stepwise"):
+    """The NVFlare recipe of stage job ``stage`` from pipeline config ``config``.
 
     Training stages start from ``checkpoint`` and ``plgg_evaluate`` scores it under ``model_name``;
-    either way the file travels inside the job folder (the server app's ``custom/``), so the lead's
-    machine and the server need not share a disk.
+    either way the file travels inside the job (the server app's ``custom/``, named by bare name), so the
+    lead's machine and the server need not share a disk. The file to ship is written to ``ship_dir``,
+    which must outlive the recipe's export or submission.
     """
-    from plgg_fl.pipeline.jobs import export_jobs  # job folders are built from a pipeline config
+    from plgg_fl.pipeline.jobs import build_recipes  # job recipes are built from a pipeline config
 
+    ship_dir = Path(ship_dir)
+    ship_dir.mkdir(parents=True, exist_ok=True)
     if stage == "plgg_evaluate":
         if checkpoint is None:
             raise ValueError("plgg_evaluate needs a model to score")
-        shipped = f"{model_name}.pt"  # travels in the job; the server's locator reads it from the app folder
-        job = export_jobs(Path(out), Path(config), [stage], models={model_name: shipped})[0]
-        for app in job.glob("app_server*"):
-            (app / "custom").mkdir(exist_ok=True)
-            shutil.copyfile(checkpoint, app / "custom" / shipped)
-        return job
-    job = export_jobs(Path(out), Path(config), [stage])[0]
+        shipped = ship_dir / f"{model_name}.pt"  # the server's locator reads it from the app folder
+        shutil.copyfile(checkpoint, shipped)
+        return build_recipes(Path(config), models={model_name: shipped.name}, ship=[str(shipped)])[stage]()
+    ship_initial = None
     if checkpoint is not None:
-        embed_initial_model(job, checkpoint)
-    return job
+        ship_initial = ship_dir / INITIAL_MODEL_NAME
+        _write_initial_model(Path(checkpoint), ship_initial)
+    return build_recipes(Path(config), ship_initial=ship_initial)[stage]()
 
 
-def submit_and_follow(session: Session, job_dir: str | Path, download_to: str | Path | None = None,
-                      timeout: float = 0.0, echo=print) -> JobOutcome:
-    """Submit a job folder, follow it to the end, and download its result (if ``download_to``)."""
+def prepare_stage_job(stage: str, config: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+                      model_name: str = "stepwise") -> Path:
+    """Export stage job ``stage`` (:func:`stage_recipe`) into ``out/<stage>``: a job folder to submit, or
+    to read before submitting."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="plgg_ship_") as tmp:
+        recipe = stage_recipe(stage, config, tmp, checkpoint, model_name)
+        recipe.export(str(out))
+    return out / recipe.name
+
+
+def prod_env(kit: str | Path, username: str | None = None, login_timeout: float = 30.0):
+    """NVFlare's ``ProdEnv`` for the owner of admin startup kit ``kit``: where recipes are submitted."""
+    from nvflare.recipe import ProdEnv
+
+    kit = Path(kit).resolve()
+    return ProdEnv(startup_kit_location=str(kit), username=username or kit_username(kit), login_timeout=login_timeout)
+
+
+def submit_recipe(env, recipe) -> str:
+    """Submit ``recipe`` through NVFlare's public recipe API (``Recipe.run(ProdEnv)``); the job id."""
+    run = recipe.run(env)
+    return run.get_job_id()
+
+
+def submit_and_follow(session: Session, job: str | Path | Any, download_to: str | Path | None = None,
+                      timeout: float = 0.0, echo=print, env=None) -> JobOutcome:
+    """Submit a job - a job folder (through ``session``) or a recipe (through ``env``, :func:`prod_env`) -
+    follow it to the end, and download its result (if ``download_to``)."""
     t0 = time.monotonic()
-    job_id = session.submit_job(str(job_dir))
-    echo(f"submitted {Path(job_dir).name} as job {job_id}")
+    if isinstance(job, (str, Path)):
+        name, job_id = Path(job).name, session.submit_job(str(job))
+    else:
+        if env is None:
+            raise ValueError("a recipe is submitted through env=prod_env(kit)")
+        name, job_id = job.name, submit_recipe(env, job)
+    echo(f"submitted {name} as job {job_id}")
     meta = follow(session, job_id, timeout=timeout, echo=echo)
-    out = JobOutcome(job_id, meta.get("name", Path(job_dir).name), meta.get("status", "?"), time.monotonic() - t0)
+    out = JobOutcome(job_id, meta.get("name", name), meta.get("status", "?"), time.monotonic() - t0)
     if download_to is not None:
         out.result_dir = download(session, job_id, download_to)
         echo(f"result of {job_id}: {out.result_dir}")
@@ -268,10 +279,11 @@ def submit_and_follow(session: Session, job_dir: str | Path, download_to: str | 
     return out
 
 
-def run_chain(session: Session, config: str | Path, download_to: str | Path, stages=STAGES,
+def run_chain(session: Session, env, config: str | Path, download_to: str | Path, stages=STAGES,
               checkpoint: str | Path | None = None, timeout: float = 0.0, which: str = "last",
               echo=print) -> list[JobOutcome]:
-    """Run ``stages`` in order; each starts from the previous one's global model (``which``).
+    """Run ``stages`` in order, each submitted as a recipe through ``env`` (:func:`prod_env`) and followed
+    through ``session``; each starts from the previous one's global model (``which``).
 
     ``checkpoint``: the model the first stage starts from (None: from the model class). Stops at
     the first stage that does not finish ``FINISHED:COMPLETED``.
@@ -280,8 +292,8 @@ def run_chain(session: Session, config: str | Path, download_to: str | Path, sta
     download_to = Path(download_to)
     with tempfile.TemporaryDirectory(prefix="plgg_jobs_") as tmp:
         for stage in stages:
-            job = prepare_stage_job(stage, config, Path(tmp) / stage, checkpoint)
-            out = submit_and_follow(session, job, download_to, timeout=timeout, echo=echo)
+            recipe = stage_recipe(stage, config, Path(tmp) / stage, checkpoint)
+            out = submit_and_follow(session, recipe, download_to, timeout=timeout, echo=echo, env=env)
             outcomes.append(out)
             if not out.ok:
                 echo(f"stage {stage} ended {out.status}; stopping the chain (logs: {out.result_dir})")

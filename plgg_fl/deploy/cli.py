@@ -97,6 +97,7 @@ def run_submit(args) -> int:
     from plgg_fl.deploy import api
 
     session = api.open_session(_kit(args), args.user)
+    env = api.prod_env(_kit(args), args.user)  # stage jobs go in as recipes (Recipe.run(ProdEnv))
     try:
         if args.no_follow and (args.chain or args.from_job):
             raise CommandError("--no-follow works with --job or --stage only")
@@ -105,7 +106,7 @@ def run_submit(args) -> int:
             ckpt = api.global_model(api.download(session, args.from_job, args.download), args.which)
             print(f"starting from {ckpt}")
         if args.chain:
-            outs = api.run_chain(session, args.config, args.download, checkpoint=ckpt, timeout=args.timeout,
+            outs = api.run_chain(session, env, args.config, args.download, checkpoint=ckpt, timeout=args.timeout,
                                  which=args.which)
             for o in outs:
                 print(f"{o.name:16s} {o.job_id}  {o.status:24s} {o.seconds:6.0f}s  {o.result_dir}")
@@ -113,11 +114,11 @@ def run_submit(args) -> int:
         if args.job and ckpt:
             raise CommandError("give --stage (not --job) to start from another model")
         with tempfile.TemporaryDirectory(prefix="plgg_job_") as tmp:
-            job = args.job or api.prepare_stage_job(args.stage, args.config, Path(tmp) / args.stage, ckpt)
+            job = args.job or api.stage_recipe(args.stage, args.config, Path(tmp), ckpt)
             if args.no_follow:
-                print(session.submit_job(str(job)))
+                print(session.submit_job(str(job)) if args.job else api.submit_recipe(env, job))
                 return 0
-            out = api.submit_and_follow(session, job, args.download, timeout=args.timeout)
+            out = api.submit_and_follow(session, job, args.download, timeout=args.timeout, env=env)
         print(f"{out.name} {out.job_id} {out.status} in {out.seconds:.0f}s; result {out.result_dir}")
         return 0 if out.ok else 1
     finally:

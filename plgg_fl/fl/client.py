@@ -92,8 +92,9 @@ def site_cases(manifest, split: str, metrics: dict[str, float], prefix: str, req
 
 class SiteRecords:
     """Where a site's client reports what it does (:data:`plgg_fl.fl.protocol.RECORD_FIELDS`): each record
-    is appended to ``plgg_results/<job_id>/records.jsonl`` (kept at the site) and printed as its
-    ``plgg-record`` line, which lands in the site's job log (streamed to the server where allowed)."""
+    is appended to ``plgg_results/<job_id>/records.jsonl`` (kept at the site) and logged as its
+    ``plgg-record`` line (logger ``plgg_fl.client``; a ``failed`` record at ERROR, so it is also in the
+    site's ``error_log.txt``, the log a site sends the server after a job; others at INFO)."""
 
     def __init__(self, site: str, job_id: str):
         self.site = site
@@ -105,7 +106,7 @@ class SiteRecords:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line.split(" ", 1)[1] + "\n")
-        print(line, flush=True)
+        log.log(logging.ERROR if event == "failed" else logging.INFO, line)
         return rec
 
     def failed(self, exc: BaseException) -> dict:

@@ -46,6 +46,9 @@ from plgg_fl.fl.runner import CLIENT_SCRIPT, InstalledClientRunner
 
 #: packages NVFlare does not copy into a job's custom/ (the sites and the server have plgg-fl installed)
 APP_PACKAGES = ["plgg_fl"]
+#: the name a model shipped inside a training job has in the server app's custom/ folder, where NVFlare's
+#: PT persistor resolves a relative checkpoint name
+INITIAL_MODEL_NAME = "initial_model.pt"
 
 MODEL_CLASS = "plgg_fl.fl.model.SeededPlggUNet"  # PlggUNet with seeded initial weights
 KEY_METRIC = "val_dice"
@@ -135,8 +138,9 @@ class PinnedFedAvgRecipe(FedAvgRecipe):
     """NVFlare's PyTorch FedAvgRecipe with :class:`PinnedFedAvg` as the server workflow."""
 
     def __init__(self, *, sites: list[str], fedprox_mu: float = 0.0, server_opt: dict | None = None,
-                 round_timeout_s: int = ROUND_TIMEOUT_S, **kwargs):
+                 round_timeout_s: int = ROUND_TIMEOUT_S, ship_initial: str | None = None, **kwargs):
         self._sites = list(sites)
+        self._ship_initial = ship_initial
         self._fedprox_mu = fedprox_mu or None
         self._server_opt = server_opt
         self._round_timeout_s = int(round_timeout_s)
@@ -152,7 +156,18 @@ class PinnedFedAvgRecipe(FedAvgRecipe):
             from plgg_fl.fl.model import SeededPlggUNet
 
             job.to_server(SeededPlggUNet(**self.model["args"]), id="server_opt_model")
-        return super()._setup_model_and_persistor(job)
+        if self._ship_initial is None:
+            return super()._setup_model_and_persistor(job)
+        # the model travels in the job: the file goes to the server app's custom/ and the persistor names it
+        # by its bare name (NVFlare's own relative initial_ckpt would need the file in the current folder)
+        from nvflare.app_opt.pt.job_config.model import PTModel
+        from nvflare.recipe.utils import extract_persistor_id
+
+        job.add_file_to_server(self._ship_initial)
+        result = job.to_server(PTModel(model=self.model, initial_ckpt=INITIAL_MODEL_NAME, best_model_filename=self.best_model_filename,
+                                       allow_numpy_conversion=self.server_expected_format != ExchangeFormat.PYTORCH), id="persistor")
+        job.comp_ids.update(result)
+        return extract_persistor_id(result)
 
     def _create_client_runner(self, site_config: dict) -> InstalledClientRunner:
         """The site client (:mod:`plgg_fl.fl.runner`) instead of NVFlare's ScriptRunner."""
@@ -231,9 +246,12 @@ def _quantization_filters(kind: str) -> tuple[Any, Any]:
 
 
 def training_recipe(
-    name: str, sites: list[str], stage: str, opts: StageOptions, initial_ckpt: str | None = None
+    name: str, sites: list[str], stage: str, opts: StageOptions, initial_ckpt: str | None = None,
+    ship_initial: str | Path | None = None,
 ) -> Recipe:
-    """A FedAvg training job over exactly ``sites``; ``stage`` is ``full`` or ``decoder``."""
+    """A FedAvg training job over exactly ``sites``; ``stage`` is ``full`` or ``decoder``. It starts from the
+    model class, from ``initial_ckpt`` (an absolute path on the server), or from ``ship_initial`` (a local
+    file named :data:`INITIAL_MODEL_NAME` in the form NVFlare's persistor reads, shipped inside the job)."""
     if stage not in TRAINS:
         raise ValueError(f"stage must be 'full' or 'decoder', got {stage!r}")
     if opts.send not in ("full", "diff"):
@@ -242,12 +260,18 @@ def training_recipe(
         raise ValueError("server_opt (FedOpt) needs a whole-network stage with send: diff")
     if initial_ckpt is not None and not Path(initial_ckpt).is_absolute():
         raise ValueError(f"initial_ckpt must be an absolute path on the server, got {initial_ckpt!r}")
+    if ship_initial is not None:
+        if initial_ckpt is not None:
+            raise ValueError("give initial_ckpt (a server path) or ship_initial (a file shipped in the job), not both")
+        if Path(ship_initial).name != INITIAL_MODEL_NAME or not Path(ship_initial).is_file():
+            raise ValueError(f"ship_initial must be an existing file named {INITIAL_MODEL_NAME}, got {ship_initial!r}")
     recipe = PinnedFedAvgRecipe(
         name=name,
         sites=sites,
         fedprox_mu=opts.fedprox_mu,
         server_opt=opts.server_opt,
         round_timeout_s=opts.round_timeout_s,
+        ship_initial=None if ship_initial is None else str(Path(ship_initial).resolve()),
         model=model_config(opts.preset, opts.train.get("seed", 0)),
         initial_ckpt=initial_ckpt,
         num_rounds=opts.num_rounds,
@@ -263,25 +287,25 @@ def training_recipe(
     return _finish(recipe, opts)
 
 
-def _stage_recipe(key: str, sites, opts: StageOptions, initial_ckpt: str | None) -> Recipe:
+def _stage_recipe(key: str, sites, opts: StageOptions, initial_ckpt: str | None, ship_initial=None) -> Recipe:
     """The training job of the stage with config key ``key`` (:data:`plgg_fl.fl.protocol.STAGES`)."""
     st = stage(key)
-    return training_recipe(st.job, list(sites), st.trains, opts, initial_ckpt)
+    return training_recipe(st.job, list(sites), st.trains, opts, initial_ckpt, ship_initial)
 
 
-def pretrain_recipe(opts: StageOptions, sites=("brats",), initial_ckpt: str | None = None) -> Recipe:
-    """Stage 1: central (one-site) pretraining on adult BraTS, from scratch or ``initial_ckpt``."""
-    return _stage_recipe("pretrain", sites, opts, initial_ckpt)
+def pretrain_recipe(opts: StageOptions, sites=("brats",), initial_ckpt: str | None = None, ship_initial=None) -> Recipe:
+    """Stage 1: central (one-site) pretraining on adult BraTS, from scratch or a given model."""
+    return _stage_recipe("pretrain", sites, opts, initial_ckpt, ship_initial)
 
 
-def finetune_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
+def finetune_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None, ship_initial=None) -> Recipe:
     """Stage 2: FedAvg of the whole network across the pediatric training sites."""
-    return _stage_recipe("finetune", sites, opts, initial_ckpt)
+    return _stage_recipe("finetune", sites, opts, initial_ckpt, ship_initial)
 
 
-def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None) -> Recipe:
+def decoder_recipe(opts: StageOptions, sites=("cbtn", "dfci_bch"), initial_ckpt: str | None = None, ship_initial=None) -> Recipe:
     """Stage 3: encoder frozen at every site; only decoder tensors are trained, sent and merged."""
-    return _stage_recipe("decoder", sites, opts, initial_ckpt)
+    return _stage_recipe("decoder", sites, opts, initial_ckpt, ship_initial)
 
 
 class EvaluateRecipe(Recipe):
@@ -301,6 +325,7 @@ class EvaluateRecipe(Recipe):
         eval_splits: str = "test",
         name: str = EVALUATE_JOB,
         timeout_s: int = 6000,
+        ship: list[str] | None = None,
     ):
         bad = {n: p for n, p in (models or {}).items() if not Path(p).is_absolute() and Path(p).name != p}
         if bad:
@@ -308,6 +333,8 @@ class EvaluateRecipe(Recipe):
                              f"in the job's server app, got {bad}")
         job = BaseFedJob(name=name, min_clients=len(sites))
         job.set_app_packages(APP_PACKAGES)
+        for path in ship or []:  # model files travelling in the job: the server app's custom/, named by bare name
+            job.add_file_to_server(str(Path(path).resolve()))
         locator_id = job.to_server(CheckpointLocator(models=dict(models or {})), id="locator")
         job.to_server(
             GlobalModelEval(model_locator_id=locator_id, participating_clients=list(sites), validation_timeout=timeout_s)
@@ -329,7 +356,9 @@ def evaluate_recipe(
     train: dict[str, Any] | None = None,
     eval_splits: str = "test",
     record_sends: bool = True,
+    ship: list[str] | None = None,
 ) -> Recipe:
-    """Evaluation job: each model in ``models`` (name -> server path) scored at every site on ``eval_splits``."""
-    recipe = EvaluateRecipe(sites=list(sites), preset=preset, models=models, train=train, eval_splits=eval_splits)
+    """Evaluation job: each model in ``models`` (name -> absolute server path, or the bare name of a file in
+    ``ship``, local files shipped inside the job) scored at every site on ``eval_splits``."""
+    recipe = EvaluateRecipe(sites=list(sites), preset=preset, models=models, train=train, eval_splits=eval_splits, ship=ship)
     return _finish(recipe, StageOptions(record_sends=record_sends))

@@ -23,18 +23,25 @@ from plgg_fl.errors import CommandError
 from plgg_fl.fl import recipes
 
 
-def build_recipes(config: Path, initial_ckpt: str | None = None, models: dict[str, str] | None = None) -> dict:
-    """The four stage recipes from a simulator config, keyed by job name."""
+def build_recipes(config: Path, initial_ckpt: str | None = None, models: dict[str, str] | None = None,
+                  ship_initial: str | Path | None = None, ship: list[str] | None = None) -> dict:
+    """The four stage recipes from a simulator config, keyed by job name (builders: call one to build it).
+
+    Training jobs start from ``initial_ckpt`` (an absolute path on the server) or ``ship_initial`` (a
+    local file shipped inside the job, :func:`plgg_fl.fl.recipes.training_recipe`); ``plgg_evaluate``
+    scores ``models`` (name -> server path, or the bare name of a file in ``ship``)."""
     from plgg_fl.pipeline.config import load_config
 
     cfg = load_config(config)
     st = cfg.stages
+    start = {"initial_ckpt": initial_ckpt, "ship_initial": ship_initial}
     return {
-        "brats_pretrain": lambda: recipes.pretrain_recipe(st["pretrain"].options, st["pretrain"].sites, initial_ckpt),
-        "plgg_finetune": lambda: recipes.finetune_recipe(st["finetune"].options, st["finetune"].sites, initial_ckpt),
-        "plgg_decoder": lambda: recipes.decoder_recipe(st["decoder"].options, st["decoder"].sites, initial_ckpt),
+        "brats_pretrain": lambda: recipes.pretrain_recipe(st["pretrain"].options, st["pretrain"].sites, **start),
+        "plgg_finetune": lambda: recipes.finetune_recipe(st["finetune"].options, st["finetune"].sites, **start),
+        "plgg_decoder": lambda: recipes.decoder_recipe(st["decoder"].options, st["decoder"].sites, **start),
         "plgg_evaluate": lambda: recipes.evaluate_recipe(
-            cfg.preset, cfg.eval_sites, models=models, train=st["finetune"].options.train, eval_splits=cfg.eval_splits
+            cfg.preset, cfg.eval_sites, models=models, train=st["finetune"].options.train, eval_splits=cfg.eval_splits,
+            ship=ship,
         ),
     }
 
