@@ -339,14 +339,11 @@ class EvaluateRecipe(Recipe):
         job.to_server(
             GlobalModelEval(model_locator_id=locator_id, participating_clients=list(sites), validation_timeout=timeout_s)
         )
-        self._sites = list(sites)
-        opts = StageOptions(preset=preset, train=dict(train or {}), local_steps=0)
-        self._runner_args = client_args("full", opts, extra=f"--eval-splits {eval_splits}")
+        runner_args = client_args("full", StageOptions(preset=preset, train=dict(train or {}), local_steps=0),
+                                  extra=f"--eval-splits {eval_splits}")
+        for site in sites:  # deployed to the evaluation sites only
+            job.to(InstalledClientRunner(runner_args, server_expected_format=None), site)
         Recipe.__init__(self, job)
-
-    def _prepare_client_apps(self) -> None:
-        for site in self._sites:  # deployed to the evaluation sites only
-            self._job.to(InstalledClientRunner(self._runner_args, server_expected_format=None), site)
 
 
 def evaluate_recipe(
