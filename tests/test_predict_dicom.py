@@ -262,3 +262,28 @@ def test_series_that_would_be_misread_fail_each_with_their_problem(predict_ckpt,
     for key, problem in docs.items():  # the docs' error table quotes these messages and says what to do
         row = next(r for r in _docs_error_rows() if r[0].startswith(problem))
         assert all(needle in errors[key] for needle in re.findall(r"`([^`]+)`", row[1])) and row[2], (row, errors[key])
+
+
+def test_a_manifest_case_whose_image_is_a_dicom_folder_is_that_series_under_the_case_key(predict_ckpt, tmp_path):
+    nifti = blob_nifti(tmp_path / "in" / "t2.nii.gz", GRIDS["coronal"], seed=35)
+    series_from_nifti(nifti, tmp_path / "in" / "p1" / "series")  # the series one folder below the listed one
+    (tmp_path / "in" / "p2").mkdir()  # listed, holds no series
+    series_from_nifti(nifti, tmp_path / "in" / "p3" / "a")
+    series_from_nifti(nifti, tmp_path / "in" / "p3" / "b")  # two series folders below: which one is meant?
+    (tmp_path / "m.yaml").write_text(
+        "site: s\ndata_root: in\ncases:\n  - {key: case1, split: test, image: p1}\n  - {key: case2, split: test, image: p2}\n"
+        "  - {key: case3, split: test, image: p3}\n  - {key: case4, split: test, image: t2.nii.gz}\n", encoding="utf-8")
+    s = predict_inputs([tmp_path / "m.yaml"], predict_ckpt, tmp_path / "out", PredictOptions(**QUIET))
+    rows = {r.key: r for r in s.results}
+    assert sorted(rows) == ["case1", "case2", "case3", "case4"] and s.exit_code == 1
+    assert rows["case1"].status == "ok" and (tmp_path / "out" / "case1_seg.dcm").is_file()
+    assert rows["case4"].status == "ok"
+    assert "holding no DICOM series" in rows["case2"].error
+    assert "2 DICOM series folders" in rows["case3"].error and "list the one series folder" in rows["case3"].error
+    assert not list((tmp_path / "out").glob("case2*")) and not list((tmp_path / "out").glob("case3*"))
+    # the series holds the NIfTI's voxels (rounded to int16): the same grid and the same mask but for rounding
+    by_series = nib.load(str(tmp_path / "out" / "case1_mask.nii.gz"))
+    by_file = nib.load(str(tmp_path / "out" / "case4_mask.nii.gz"))
+    assert by_series.shape == by_file.shape and np.allclose(by_series.affine, by_file.affine, atol=1e-3)
+    a, b = np.asarray(by_series.dataobj) > 0, np.asarray(by_file.dataobj) > 0
+    assert b.sum() > 0 and 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99

@@ -132,7 +132,7 @@ def discover_inputs(source: str | Path, split: str | None = None) -> list[ScanIn
         except ValueError as exc:
             raise InputError(src, f"not a usable manifest: {exc}") from exc
         cases = man.split(split) if split else man.cases
-        items = [ScanInput(c.key, Path(c.image), _kind(Path(c.image))) for c in cases]
+        items = [_manifest_input(c.key, Path(c.image)) for c in cases]
     elif src.is_file():
         items = [ScanInput(key_from_name(src), src, _kind(src))]
     else:
@@ -141,6 +141,21 @@ def discover_inputs(source: str | Path, split: str | None = None) -> list[ScanIn
         if not items:
             raise InputError(src, "folder holds no NIfTI/MHA/NRRD file and no DICOM series")
     return items
+
+
+def _manifest_input(key: str, image: Path) -> ScanInput:
+    """A manifest case: its image file, or the one DICOM series in (or below) its image folder, under the
+    case's key; a folder with no series or several fails on its own, naming what it found."""
+    if not image.is_dir():
+        return ScanInput(key, image, _kind(image))
+    found = _dicom_series(image)
+    if len(found) == 1:
+        return ScanInput(key, found[0].path, "dicom", series_uid=found[0].series_uid, error=found[0].error)
+    if not found:
+        return ScanInput(key, image, "dicom", error="manifest image is a folder holding no DICOM series")
+    where = ", ".join(str(f.path) for f in found)
+    return ScanInput(key, image, "dicom", error=f"manifest image folder holds {len(found)} DICOM series folders ({where}); "
+                     "list the one series folder wanted as the case's image")
 
 
 def _kind(p: Path) -> str:
