@@ -62,3 +62,15 @@ def test_the_engine_never_imports_nvflare():
             if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "nvflare" in ast.unparse(n)
                    for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
     assert not hits, hits
+
+
+def test_building_the_command_line_loads_neither_torch_nor_nvflare():
+    """``plgg-fl --help`` and every command's start-up build the whole parser; torch, MONAI and NVFlare
+    (seconds to import) are loaded by the commands that use them, not before (measured: 6 s -> 0.7 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from plgg_fl.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'monai', 'nvflare') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

@@ -24,12 +24,8 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 from nvflare.app_opt.pt.fedopt_ctl import FedOpt
 
 from plgg_fl.fl.aggregator import SiteOrderAggregator
+from plgg_fl.fl.options import ROUND_TIMEOUT_S
 
-#: Default seconds a pinned site may take for one round before the job fails naming it. A site client
-#: restarted mid-round re-registers under a new identity and NVFlare keeps waiting for the old one's
-#: result; without a bound such a job runs forever. Raise it (stage option ``round_timeout_s``) for
-#: sites slower than this per round.
-ROUND_TIMEOUT_S = 7200
 
 
 class _PinnedRounds:

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from plgg_fl.engine.metrics import finite_number
+
+def finite_number(value) -> bool:
+    """:func:`plgg_fl.engine.metrics.finite_number`, imported on first use: this module is read at every
+    command's start-up (stage names), which should not load torch and MONAI."""
+    from plgg_fl.engine.metrics import finite_number as finite
+
+    return finite(value)
 
 
 @dataclass(frozen=True)

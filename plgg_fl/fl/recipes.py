@@ -26,7 +26,6 @@ package so its code is not copied into the job) and their data configured (:mod:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,10 @@ from nvflare.job_config.base_fed_job import BaseFedJob
 from nvflare.recipe.spec import Recipe
 from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 
-from plgg_fl.fl.controller import ROUND_TIMEOUT_S, PinnedFedAvg
+from plgg_fl.fl.controller import PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
+from plgg_fl.fl.options import QUANTIZE_TYPES, ROUND_TIMEOUT_S, StageOptions  # noqa: F401 - QUANTIZE_TYPES: re-exported
 from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, RememberGlobalModel
 from plgg_fl.fl.protocol import EVALUATE_JOB, JOB_NAMES, TRAINS, stage  # noqa: F401 - JOB_NAMES: the recipes' names
 from plgg_fl.fl.runner import CLIENT_SCRIPT, InstalledClientRunner
@@ -59,59 +59,6 @@ TASK_GROUPS = (["train"], ["validate"], ["submit_model"])
 #: setting ``task_request_interval``, default 2 s). Every round pays it once per site, so at the
 #: default a 3-round stage idles 6 s; a poll every 0.5 s is negligible traffic for a few sites.
 TASK_REQUEST_INTERVAL_S = 0.5
-#: NVFlare ModelQuantizer types offered for site -> server payloads: ``float16`` halves them on any
-#: machine; ``blockwise8`` (bitsandbytes, ~1/4) runs on CUDA only in NVFlare 2.9's filter, at the sites and
-#: on the server. benchmarks/bench_payload.py measures bytes and Dice.
-QUANTIZE_TYPES = ("float16", "blockwise8")
-
-
-@dataclass
-class StageOptions:
-    """Plain settings of one training job (all of it ends up, as plain values, in the job config).
-
-    ``train``: TrainConfig overrides for the sites (``patch_size``, ``lr``, ``max_steps`` ...; never
-    paths); ``local_steps``: optimiser steps per site per round; ``send``: ``full`` weights or
-    ``diff`` (weight differences); ``fedprox_mu``: FedProx proximal weight (0 = plain FedAvg);
-    ``privacy``: ``{"kind": "percentile"|"svt", **filter args}`` - an NVFlare privacy filter on every
-    training result's difference from the global model it started from (:mod:`plgg_fl.fl.privacy`;
-    sent as ``WEIGHT_DIFF`` whatever ``send`` is); ``record_sends``: add the :class:`SendRecorder` audit filter (records only where
-    the site sets ``$PLGG_FL_RECORD_SENDS``); ``server_opt``: FedOpt instead of FedAvg on the server,
-    ``{"optimizer": {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
-    "lr_scheduler": {...} (optional)}`` - whole-network stages with ``send: diff`` only;
-    ``round_timeout_s``: seconds a round may take before the pinned sites that have not sent their
-    result fail the job, by name (default :data:`plgg_fl.fl.controller.ROUND_TIMEOUT_S`, 2 h);
-    ``quantize``: ``float16`` or ``blockwise8`` - NVFlare's ``ModelQuantizer`` on every training result a
-    site sends (after any privacy filter) and its ``ModelDequantizer`` on the server before aggregation
-    (:data:`QUANTIZE_TYPES`); what the server sends is not quantized (a site's own task-data filters,
-    which run first, expect plain weights).
-    """
-
-    preset: str = "small"
-    num_rounds: int = 2
-    local_steps: int = 10
-    send: str = "full"
-    fedprox_mu: float = 0.0
-    privacy: dict[str, Any] | None = None
-    record_sends: bool = True
-    server_opt: dict[str, Any] | None = None
-    round_timeout_s: int = ROUND_TIMEOUT_S
-    quantize: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "StageOptions":
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown stage option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        if "round_timeout_s" in data and not (isinstance(data["round_timeout_s"], int) and data["round_timeout_s"] > 0):
-            raise ValueError(f"round_timeout_s must be a whole number of seconds > 0, got {data['round_timeout_s']!r}")
-        if data.get("quantize") is not None and data["quantize"] not in QUANTIZE_TYPES:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_TYPES)} (or absent), got {data['quantize']!r}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def model_config(preset: str, seed: int = 0) -> dict[str, Any]:

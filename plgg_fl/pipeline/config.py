@@ -18,7 +18,7 @@ Example (``simulator_configs/tiny.yaml``)::
     pretrained: runs/demo/checkpoints/stage1_brats_pretrain.pt  # optional: a stage-1 global model to start
                                      # from instead of training stage 1 (NVFlare or engine checkpoint)
 
-A stage entry takes the :class:`plgg_fl.fl.recipes.StageOptions` fields (``num_rounds``,
+A stage entry takes the :class:`plgg_fl.fl.options.StageOptions` fields (``num_rounds``,
 ``local_steps``, ``send``, ``fedprox_mu``, ``privacy``, ``train``) plus ``sites``. Relative paths are
 relative to the current folder. ``dfci_bch`` becomes an evaluation-only (external) site by leaving
 it out of the training stages' ``sites``.
@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from plgg_fl.errors import CommandError
-from plgg_fl.fl.recipes import StageOptions
+from plgg_fl.fl.options import StageOptions
 from plgg_fl.fl.protocol import STAGE_KEYS
 
 #: The compared methods (Boyd et al. 2024 plus the two non-federated references).

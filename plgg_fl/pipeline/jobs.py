@@ -20,7 +20,7 @@ from pathlib import Path
 from plgg_fl.bundled import SOURCE_ROOT
 from plgg_fl.cliopts import add_aliased
 from plgg_fl.errors import CommandError
-from plgg_fl.fl import recipes
+from plgg_fl.fl.protocol import JOB_NAMES
 
 
 def build_recipes(config: Path, initial_ckpt: str | None = None, models: dict[str, str] | None = None,
@@ -30,6 +30,7 @@ def build_recipes(config: Path, initial_ckpt: str | None = None, models: dict[st
     Training jobs start from ``initial_ckpt`` (an absolute path on the server) or ``ship_initial`` (a
     local file shipped inside the job, :func:`plgg_fl.fl.recipes.training_recipe`); ``plgg_evaluate``
     scores ``models`` (name -> server path, or the bare name of a file in ``ship``)."""
+    from plgg_fl.fl import recipes  # NVFlare and torch: loaded when a job is built, not at start-up
     from plgg_fl.pipeline.config import load_config
 
     cfg = load_config(config)
@@ -51,7 +52,7 @@ def export_jobs(out: Path, config: Path, stages=None, initial_ckpt=None, models=
     out = Path(out)
     builders = build_recipes(config, initial_ckpt, models)
     written = []
-    for name in stages or recipes.JOB_NAMES:
+    for name in stages or JOB_NAMES:
         dest = out / name
         if dest.exists():
             shutil.rmtree(dest)
@@ -102,7 +103,7 @@ def register(subparsers) -> None:
     e = sub.add_parser("export", help="write the stage jobs (default: jobs/ from simulator_configs/paper.yaml)")
     e.add_argument("--out", default=None, help="output folder (default: ./jobs)")
     e.add_argument("--config", default=None, help="settings: a YAML or a name in simulator_configs/ (default: paper)")
-    e.add_argument("--stage", nargs="+", choices=recipes.JOB_NAMES, default=None, help="only these jobs")
+    e.add_argument("--stage", nargs="+", choices=JOB_NAMES, default=None, help="only these jobs")
     add_aliased(e, "--init", ["--initial-ckpt"], dest="initial_ckpt", default=None, metavar="CKPT",
                 help="training jobs start from this model: its absolute path on the server (default: none)")
     e.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="plgg_evaluate: a model to score")
@@ -120,7 +121,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             export_jobs(Path(tmp), config, args.stage)
-            drift = [f"{n}/{d}" for n in (args.stage or recipes.JOB_NAMES) for d in diff_trees(Path(tmp) / n, out / n)]
+            drift = [f"{n}/{d}" for n in (args.stage or JOB_NAMES) for d in diff_trees(Path(tmp) / n, out / n)]
         for d in drift:
             print(f"drift: {d}")
         print("jobs up to date" if not drift else f"{len(drift)} file(s) differ; run `plgg-fl jobs export`")
