@@ -225,3 +225,20 @@ def test_received_weights_load_whole_or_decoder_only_never_half():
     small = PlggUNet(preset="small").state_dict()
     with pytest.raises((ValueError, RuntimeError)):  # another preset: other keys or other shapes, never loaded
         load_received_weights(model, small)
+
+
+def test_a_models_config_is_its_checkpoints_own_else_the_fallback(tmp_path):
+    """The report's gallery and the review kit run a method's model with the config it was trained and
+    evaluated with (its engine checkpoint's), never one rebuilt from the run's YAML, unless the file has none."""
+    from plgg_fl.engine.checkpoint import model_and_config
+
+    own = TrainConfig.for_preset("tiny", patch_size=[24, 24, 24], spacing_mm=[4.0, 4.0, 4.0])
+    model = PlggUNet(preset="tiny")
+    ckpt = save_checkpoint(tmp_path / "engine.pt", model, own)
+    fallback = TrainConfig.for_preset("small")
+    got_model, got_cfg = model_and_config(ckpt, fallback)
+    assert got_cfg.to_dict() == own.to_dict() and got_model.preset == "tiny"
+    torch.save({"model": model.state_dict()}, tmp_path / "nvflare.pt")  # an NVFlare global model: no config of its own
+    tiny_fallback = TrainConfig.for_preset("tiny")
+    got_model, got_cfg = model_and_config(tmp_path / "nvflare.pt", tiny_fallback)
+    assert got_cfg is tiny_fallback and all(torch.equal(got_model.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -93,15 +93,18 @@ def nvflare_form(path: str | Path) -> dict[str, Any] | None:
     return {"model": state} if engine_config is not None else None
 
 
-def model_from_weights(path: str | Path, preset: str) -> PlggUNet:
+def model_and_config(path: str | Path, fallback: TrainConfig) -> tuple[PlggUNet, TrainConfig]:
     """A :class:`PlggUNet` (eval mode, CPU) with the weights of ``path`` (any format :func:`read_weights`
-    reads), of the preset its own train config names, else ``preset``. Every tensor must fit."""
+    reads) and the config it runs with: the checkpoint's own train config where it has one (an engine
+    checkpoint), else ``fallback`` (e.g. rebuilt from the run's YAML for an NVFlare global model).
+    Every tensor must fit."""
     from plgg_fl.engine.networks import load_received_weights
 
-    state, cfg = read_weights(path)
-    model = PlggUNet(preset=str((cfg or {}).get("preset", preset)))
+    state, own = read_weights(path)
+    cfg = TrainConfig.from_dict(own) if own else fallback
+    model = PlggUNet(preset=cfg.preset)
     load_received_weights(model, state)
-    return model.eval()
+    return model.eval(), cfg
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[PlggUNet, TrainConfig, dict[str, Any]]:

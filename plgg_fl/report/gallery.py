@@ -58,7 +58,7 @@ def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[s
     items whose site data or checkpoint cannot be found carry a ``note`` and no image."""
     from plgg_fl.data.manifest import load_manifest
     from plgg_fl.engine import TrainConfig, predict
-    from plgg_fl.engine.checkpoint import model_from_weights
+    from plgg_fl.engine.checkpoint import model_and_config
     from plgg_fl.engine.infer import load_mask
     from plgg_fl.engine.metrics import dice
 
@@ -67,9 +67,11 @@ def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[s
         return None, []
     preset = str(run.config.get("preset", "small"))
     train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-    cfg = TrainConfig.from_overrides({**train, "preset": preset})
+    cfg = TrainConfig.from_overrides({**train, "preset": preset})  # for a checkpoint without its own config
     ckpt = run.checkpoint(method)
-    model = model_from_weights(ckpt, preset) if ckpt and ckpt.is_file() else None
+    model = None
+    if ckpt and ckpt.is_file():
+        model, cfg = model_and_config(ckpt, cfg)  # the model's own config, as it was trained and evaluated
     items: list[GalleryItem] = []
     manifests: dict[str, dict] = {}
     for site, key, d_csv in worst_cases(run.per_case, method, k):

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 def _model_and_cfg(args):
     from plgg_fl.engine import PlggUNet, TrainConfig, load_checkpoint
-    from plgg_fl.engine.checkpoint import model_from_weights
+    from plgg_fl.engine.checkpoint import model_and_config
 
     if args.run:
         from plgg_fl.report.collect import load_run
@@ -45,11 +45,12 @@ def _model_and_cfg(args):
             raise CommandError(f"no checkpoint for method {args.method!r}", args.run)
         preset = str(run.config.get("preset", "small"))
         train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-        return model_from_weights(ckpt, preset), TrainConfig.from_overrides({**train, "preset": preset}), run
+        # the model's own config where the checkpoint has one; the run's YAML for an NVFlare global model
+        return (*model_and_config(ckpt, TrainConfig.from_overrides({**train, "preset": preset})), run)
     if not args.model:
         raise CommandError("give --run RUN_DIR or --model CKPT")
     if args.preset:
-        return model_from_weights(Path(args.model), args.preset), TrainConfig.for_preset(args.preset), None
+        return (*model_and_config(Path(args.model), TrainConfig.for_preset(args.preset)), None)
     model, cfg, _ = load_checkpoint(args.model)
     assert isinstance(model, PlggUNet)
     return model, cfg, None
