@@ -242,3 +242,46 @@ def test_a_models_config_is_its_checkpoints_own_else_the_fallback(tmp_path):
     tiny_fallback = TrainConfig.for_preset("tiny")
     got_model, got_cfg = model_and_config(tmp_path / "nvflare.pt", tiny_fallback)
     assert got_cfg is tiny_fallback and all(torch.equal(got_model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_channels_last_inference_is_the_standard_layouts_computation():
+    """CPU bf16 inference runs the network channels-last (engine.infer.inference_memory_format); its instance
+    norm computes nn.InstanceNorm3d's normalisation on such a tensor, and the model gets its own layout back."""
+    from plgg_fl.engine.config import cpu_has_native_bf16
+    from plgg_fl.engine.infer import inference_memory_format, model_memory_format, sliding_window_probs
+    from plgg_fl.engine.networks import InstanceNorm3dNDHWC
+
+    cl = torch.channels_last_3d
+    torch.manual_seed(0)
+    norm = InstanceNorm3dNDHWC(8, affine=True)
+    nn.init.uniform_(norm.weight, 0.5, 1.5)
+    nn.init.uniform_(norm.bias, -0.5, 0.5)
+    ref = nn.InstanceNorm3d(8, affine=True)
+    ref.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 8, 6, 7, 5) * 3 + 1
+    out = norm(x.contiguous(memory_format=cl))
+    assert out.is_contiguous(memory_format=cl) and not out.is_contiguous()
+    torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(norm(x), ref(x))  # the standard layout takes InstanceNorm3d's own path
+
+    model = PlggUNet("tiny").eval()
+    assert any(isinstance(m, InstanceNorm3dNDHWC) for m in model.modules())
+    assert not any(type(m) is nn.InstanceNorm3d for m in model.modules())
+    cpu, cfg = torch.device("cpu"), TrainConfig.for_preset("tiny", cpu_bf16=False)
+    assert inference_memory_format(cpu, cfg) == torch.contiguous_format  # fp32: the unoptimised path as it was
+    assert inference_memory_format(cpu, cfg.replace(cpu_bf16=True)) == cl
+    assert inference_memory_format(torch.device("cuda"), cfg.replace(cpu_bf16=True)) == torch.contiguous_format
+    assert inference_memory_format(cpu, cfg.replace(channels_last=True)) == cl
+    w = model.input_block.conv1.conv.weight  # [8, 1, 3, 3, 3]: contiguous in both layouts, strides differ
+    before = w.stride()
+    with model_memory_format(model, cl):
+        assert w.stride() == torch.empty_like(w, memory_format=cl).stride() != before
+        if cpu_has_native_bf16():  # oneDNN's bf16 convolutions follow the weights' layout
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert model(torch.zeros(1, 1, 32, 32, 32)).is_contiguous(memory_format=cl)
+    assert w.stride() == before
+    img = torch.randn(1, 1, 40, 36, 44)
+    plain = sliding_window_probs(model, img, cfg, cpu)
+    last = sliding_window_probs(model, img, cfg.replace(channels_last=True), cpu)  # fp32 both: only the layout differs
+    torch.testing.assert_close(last, plain, atol=1e-4, rtol=0)
+    assert w.stride() == before

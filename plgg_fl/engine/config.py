@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # fp16 autocast + GradScaler on CUDA only
     cpu_bf16: bool | str = "auto"  # bf16 autocast on CPU: True | False | "auto" (on iff the CPU has native bf16)
-    channels_last: bool = False  # channels_last_3d memory format
+    channels_last: bool = False  # channels_last_3d memory format (training; inference also on CPU with bf16: engine.infer)
     num_workers: int = 0
     cache_rate: float = 1.0  # share of preprocessed training volumes kept in memory (0 = reload every step)
     cache_num_workers: int = 1

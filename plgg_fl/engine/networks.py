@@ -21,6 +21,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 from torch import nn
 
@@ -117,6 +118,36 @@ def dynunet_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+class InstanceNorm3dNDHWC(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last input channels-last, at channels-last speed.
+
+    PyTorch's instance norm reshapes its input to one batch of ``B * C`` channels, which turns a
+    ``channels_last_3d`` tensor into a strided copy and back (on CPU it made a channels-last nnunet
+    window ~2x slower than the standard layout, so channels-last did not pay). For such an input this
+    computes the same normalisation (per sample and channel over space, biased variance, the same eps
+    and affine weight and bias) as ``F.group_norm`` with one group per channel, which has a
+    channels-last kernel. A standard-layout input, and running statistics, take ``nn.InstanceNorm3d``'s
+    own path unchanged; the parameters and their state-dict names are ``nn.InstanceNorm3d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 5 and not self.track_running_stats and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last_3d)):
+            return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def _channels_last_norms(model: nn.Module) -> None:
+    """Replace every plain ``nn.InstanceNorm3d`` in ``model`` by :class:`InstanceNorm3dNDHWC` (same parameters)."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.InstanceNorm3d:
+            new = InstanceNorm3dNDHWC(module.num_features, eps=module.eps, momentum=module.momentum,
+                                      affine=module.affine, track_running_stats=module.track_running_stats)
+            new.load_state_dict(module.state_dict())
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
 class PlggUNet(DynUNet):
     """3D U-Net (MONAI DynUNet) for whole-tumour segmentation; see the module docstring for layout.
 
@@ -126,12 +157,14 @@ class PlggUNet(DynUNet):
     ``deep_supr_num``, ``res_block``, ``in_channels``, ``out_channels``, ``dropout``, ``trans_bias`` (a bias
     in the decoder's transposed convolutions; default False, True in ``nnunet_v2``). ``kernel_size`` and
     ``strides`` take one value per level, each an int or a per-axis list (anisotropic levels).
+    Instance norms are :class:`InstanceNorm3dNDHWC` (``nn.InstanceNorm3d`` for standard-layout tensors).
     """
 
     def __init__(self, preset: str = "small", **overrides: Any):
         args = preset_args(preset, **overrides)
         super().__init__(**dynunet_kwargs(args))
         del self.skip_layers  # aliases of the blocks below; forward() walks them explicitly
+        _channels_last_norms(self)  # channels-last inference on CPU (engine.infer) needs a channels-last norm
         self.preset = preset
         self.init_args: dict[str, Any] = {"preset": preset, **copy.deepcopy(overrides)}
         self.arch: dict[str, Any] = args
