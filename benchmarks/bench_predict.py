@@ -57,6 +57,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from plgg_fl.engine.infer import inference_memory_format, model_memory_format
 from plgg_fl.predict.run import PredictOptions, inference_config
 
 SHAPE, SPACING = (240, 240, 155), (1.0, 1.0, 1.0)
@@ -313,9 +314,10 @@ def warm_up(predictor, ckpt: Path, bf16: bool) -> None:
     with torch.inference_mode():
         predictor.network.eval()(x[:1])
         model.eval()(x[:1])
-        if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                model(x)
+    if bf16:  # in the memory format predict runs it in (channels-last on CPU with bf16)
+        fmt = inference_memory_format(torch.device("cpu"), cfg.replace(cpu_bf16=True))
+        with model_memory_format(model, fmt), torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x.contiguous(memory_format=fmt))
 
 
 def compare_nnunet(mirroring: bool, predictor, ckpt: Path, src: Path, truth: np.ndarray, work: Path, args, log: Path) -> dict:
@@ -481,8 +483,10 @@ def main(argv=None) -> int:
         with torch.inference_mode():  # warm-up: oneDNN picks kernels on first use, for each precision
             x = torch.zeros(fast_cfg.sw_batch_size, 1, *cfg.patch_size, device=args.device)
             model(x[:1])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_cfg.use_cpu_bf16() and args.device == "cpu"):
-                model(x)
+            fmt = inference_memory_format(torch.device(args.device), fast_cfg)  # the layout predict runs the network in
+            with model_memory_format(model, fmt), torch.autocast(
+                    "cpu", dtype=torch.bfloat16, enabled=fast_cfg.use_cpu_bf16() and args.device == "cpu"):
+                model(x.contiguous(memory_format=fmt))
         per_case = {}
         for name, src, truth in cases:
             r = time_case(model, cfg, fast_cfg, opts, src, out, truth, args.repeats, args.attribute)
