@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from plgg_fl.engine import PlggUNet, encoder_decoder_keys
+from plgg_fl.fl.protocol import read_records
 from plgg_fl.fl.recipes import StageOptions, decoder_recipe
 from plgg_fl.pipeline.simulate import check_training, run_in_simulator
 
@@ -50,7 +51,8 @@ def test_decoder_diff_privacy_fedprox(tmp_path):
     assert "fedprox" in Path(res.workspace / "server" / "simulate_job" / "app_server" / "config"
                              / "config_fed_server.json").read_text(encoding="utf-8")
     assert "Aggregated 2/2 results" in server_log
-    assert "fedprox_mu=0.01" in res.site_log("cbtn").read_text(encoding="utf-8")  # the server's mu reached the site
+    rounds = [r for r in read_records(res.site_log("cbtn")) if r["event"] == "round"]  # the site's records, from its log
+    assert [r["round"] for r in rounds] == [0, 1] and all(r["fedprox_mu"] == 0.01 for r in rounds)  # the server's mu reached the site
 
 
 def test_fedopt_server_optimiser_on_pinned_sites(tmp_path):
