@@ -14,7 +14,7 @@ ROUND_TIMEOUT_S = 7200
 
 #: NVFlare ModelQuantizer types offered for site -> server payloads: ``float16`` halves them on any
 #: machine; ``blockwise8`` (bitsandbytes, ~1/4) runs on CUDA only in NVFlare 2.9's filter, at the sites and
-#: on the server. benchmarks/bench_payload.py measures bytes and Dice.
+#: on the server. benchmarks/bench_fl.py --what bytes measures the bytes, benchmarks/bench_dp.py the Dice.
 QUANTIZE_TYPES = ("float16", "blockwise8")
 
 
