@@ -36,8 +36,8 @@ from nvflare.app_common.app_constant import AlgorithmConstants
 from plgg_fl.data.manifest import load_manifest
 from plgg_fl.data.validate import usable_cases
 from plgg_fl.engine import PlggUNet, TrainConfig, encoder_decoder_keys, load_received_weights, validate
-from plgg_fl.fl.protocol import (MODEL_NAME_META, RECORDS_FILE, TRAINS, make_record, record_line, results_folder,
-                                 scalar_metrics)
+from plgg_fl.fl.protocol import (MODEL_NAME_META, RECORDS_FILE, TRAINS, make_record, record_json, record_line,
+                                 results_folder, scalar_metrics)
 from plgg_fl.fl.prox import ProxTrainer
 from plgg_fl.fl.site import resolve_site_config
 
@@ -102,11 +102,10 @@ class SiteRecords:
 
     def write(self, event: str, **fields) -> dict:
         rec = make_record(event, self.site, time.time(), **fields)
-        line = record_line(rec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line.split(" ", 1)[1] + "\n")
-        log.log(logging.ERROR if event == "failed" else logging.INFO, line)
+            fh.write(record_json(rec) + "\n")
+        log.log(logging.ERROR if event == "failed" else logging.INFO, record_line(rec))
         return rec
 
     def failed(self, exc: BaseException) -> dict:

@@ -153,26 +153,33 @@ def make_record(event: str, site: str, time_s: float, **fields) -> dict:
     return {"event": event, "site": site, "time": round(float(time_s), 3), **kept}
 
 
+def record_json(record: dict) -> str:
+    """A record as one line of strict JSON (keys sorted): a line of ``records.jsonl``."""
+    return json.dumps(record, sort_keys=True, allow_nan=False)
+
+
 def record_line(record: dict) -> str:
-    """The log line of a record: ``plgg-record {json}`` (one line, strict JSON)."""
-    return f"{RECORD_TAG} {json.dumps(record, sort_keys=True, allow_nan=False)}"
+    """The log line of a record: ``plgg-record {json}``."""
+    return f"{RECORD_TAG} {record_json(record)}"
 
 
-def parse_record_line(line: str) -> dict | None:
-    """The record a log line carries (whatever the logger put before :data:`RECORD_TAG`), or None for
-    any other line. A tagged line whose JSON is not a valid record is returned as an ``unreadable``
-    record holding the line, so a damaged failure report is still seen."""
-    at = line.find(RECORD_TAG + " {")
-    if at < 0:
-        return None
-    text = line[at + len(RECORD_TAG) + 1:].strip()
+def parse_record(text: str) -> dict:
+    """The record one JSON line holds; text that is not a valid record comes back as an ``unreadable``
+    record holding it, so a damaged failure report is still seen."""
     try:
         rec = json.loads(text)
     except json.JSONDecodeError:
         rec = None
     if not isinstance(rec, dict) or rec.get("event") not in RECORD_FIELDS or not isinstance(rec.get("site"), str):
-        return {"event": "unreadable", "site": "", "line": text[:500]}
+        return {"event": "unreadable", "site": "", "line": text.strip()[:500]}
     return rec
+
+
+def parse_record_line(line: str) -> dict | None:
+    """The record a log line carries (whatever the logger put before :data:`RECORD_TAG`; see
+    :func:`parse_record`), or None for any other line."""
+    at = line.find(RECORD_TAG + " {")
+    return None if at < 0 else parse_record(line[at + len(RECORD_TAG) + 1:])
 
 
 def read_records(path) -> list[dict]:
@@ -182,7 +189,7 @@ def read_records(path) -> list[dict]:
         return []
     lines = p.read_text(errors="replace", encoding="utf-8").splitlines()
     if p.name.endswith(".jsonl"):
-        lines = [RECORD_TAG + " " + ln for ln in lines if ln.strip()]
+        return [parse_record(ln) for ln in lines if ln.strip()]
     return [r for r in map(parse_record_line, lines) if r is not None]
 
 

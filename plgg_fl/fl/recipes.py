@@ -39,7 +39,7 @@ from nvflare.recipe.utils import add_experiment_tracking, set_per_site_config
 from plgg_fl.fl.controller import PinnedFedAvg
 from plgg_fl.fl.filters import SendRecorder
 from plgg_fl.fl.locator import CheckpointLocator
-from plgg_fl.fl.options import QUANTIZE_TYPES, ROUND_TIMEOUT_S, StageOptions  # noqa: F401 - QUANTIZE_TYPES: re-exported
+from plgg_fl.fl.options import ROUND_TIMEOUT_S, StageOptions  # StageOptions: also imported from here by callers
 from plgg_fl.fl.privacy import PRIVACY_FILTERS, PrivateWeightDifferences, RememberGlobalModel
 from plgg_fl.fl.protocol import EVALUATE_JOB, JOB_NAMES, TRAINS, stage  # noqa: F401 - JOB_NAMES: the recipes' names
 from plgg_fl.fl.runner import CLIENT_SCRIPT, InstalledClientRunner

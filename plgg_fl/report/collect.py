@@ -95,6 +95,19 @@ class Run:
         p = c / site / "manifest.yaml" if c else None
         return p if p and p.is_file() else None
 
+    def model(self, method: str, ckpt: Path | None = None):
+        """``(PlggUNet, TrainConfig)`` of ``method``'s checkpoint (or ``ckpt``): the checkpoint's own train
+        config, as the model was trained and evaluated; the run's YAML (preset, stage-2 train options) for a
+        checkpoint without one (an NVFlare global model). None when there is no such file."""
+        from plgg_fl.engine import TrainConfig
+        from plgg_fl.engine.checkpoint import model_and_config
+
+        path = ckpt or self.checkpoint(method)
+        if path is None or not path.is_file():
+            return None
+        train = ((self.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
+        return model_and_config(path, TrainConfig.from_overrides({**train, "preset": str(self.config.get("preset", "small"))}))
+
     def checkpoint(self, method: str) -> Path | None:
         """The checkpoint the evaluation scored for ``method`` (``metrics.json`` ``models`` if the pipeline
         records it, else derived from ``stages``: the method's last training job; ``transfer`` is the

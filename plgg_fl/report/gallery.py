@@ -57,21 +57,15 @@ def render(run, out_dir: Path, k: int = 3, method: str | None = None) -> tuple[s
     """Re-predict and draw ``k`` worst cases of ``method`` (default: the best). Returns (method, items);
     items whose site data or checkpoint cannot be found carry a ``note`` and no image."""
     from plgg_fl.data.manifest import load_manifest
-    from plgg_fl.engine import TrainConfig, predict
-    from plgg_fl.engine.checkpoint import model_and_config
+    from plgg_fl.engine import predict
     from plgg_fl.engine.infer import load_mask
     from plgg_fl.engine.metrics import dice
 
     method = method or best_method(run.per_case, run.methods)
     if method is None:
         return None, []
-    preset = str(run.config.get("preset", "small"))
-    train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-    cfg = TrainConfig.from_overrides({**train, "preset": preset})  # for a checkpoint without its own config
     ckpt = run.checkpoint(method)
-    model = None
-    if ckpt and ckpt.is_file():
-        model, cfg = model_and_config(ckpt, cfg)  # the model's own config, as it was trained and evaluated
+    model, cfg = run.model(method, ckpt) or (None, None)  # the model's own config, as it was trained and evaluated
     items: list[GalleryItem] = []
     manifests: dict[str, dict] = {}
     for site, key, d_csv in worst_cases(run.per_case, method, k):

@@ -40,13 +40,10 @@ def _model_and_cfg(args):
         from plgg_fl.report.collect import load_run
 
         run = load_run(args.run)
-        ckpt = Path(args.model) if args.model else run.checkpoint(args.method)
-        if ckpt is None or not ckpt.is_file():
+        found = run.model(args.method, Path(args.model) if args.model else None)
+        if found is None:
             raise CommandError(f"no checkpoint for method {args.method!r}", args.run)
-        preset = str(run.config.get("preset", "small"))
-        train = ((run.config.get("stages") or {}).get("finetune") or {}).get("train") or {}
-        # the model's own config where the checkpoint has one; the run's YAML for an NVFlare global model
-        return (*model_and_config(ckpt, TrainConfig.from_overrides({**train, "preset": preset})), run)
+        return (*found, run)
     if not args.model:
         raise CommandError("give --run RUN_DIR or --model CKPT")
     if args.preset:
