@@ -8,6 +8,41 @@ import numpy as np
 import pytest
 
 
+def _machine_lines() -> list[str]:
+    """What the suite's wall time depends on: CPU, the cores this process may use, the load on them."""
+    import os
+
+    model = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")), "?")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    quota = _read("/sys/fs/cgroup/cpu.max").strip() or "none found"
+    load = " ".join(_read("/proc/loadavg").split()[:3]) or "?"
+    import torch
+
+    from plgg_fl.engine.config import cpu_has_native_bf16
+
+    return [f"machine: {model}; {os.cpu_count()} CPUs, {usable} usable, cgroup cpu.max {quota}; load average {load}",
+            f"torch {torch.__version__}: {torch.get_num_threads()} threads, native bf16 {cpu_has_native_bf16()}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The machine under the durations (shown with -q too, and when the run is cut short)."""
+    terminalreporter.section("machine")
+    for line in _machine_lines():
+        terminalreporter.write_line(line)
+
+
 def _write_nifti(path, data, zooms=(1.0, 1.0, 1.0), affine=None, dtype=None):
     """Save ``data`` as NIfTI at ``path`` (parents made); ``zooms`` in mm unless ``affine`` is given."""
     import nibabel as nib

@@ -62,7 +62,7 @@ def fed(tmp_path_factory):
     for site, kit in kits.clients.items():
         _write_site_config(kit, manifests[site])
     federation = LocalFederation(kits)
-    federation.server.env = {"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": str(DEAD_GRACE)}
+    federation.server.env["NVFLARE_DEAD_CLIENT_GRACE_PERIOD"] = str(DEAD_GRACE)
     federation.tmp, federation.manifests = tmp, manifests
     federation.lead = None
     try:

@@ -259,3 +259,25 @@ def test_the_sites_privacy_policy_adds_the_tracking_filter_to_every_job(tmp_path
     (tmp_path / "local" / "privacy.json").write_text((SITES_DIR / "cbtn" / "local" / "privacy.json").read_text(encoding="utf-8"))
     mgr = create_privacy_manager(Workspace(str(tmp_path), "cbtn"), names_only=False)
     assert [type(c).__name__ for c in mgr.components.values()] == ["AnalyticsScalarsOnly"]
+
+
+def test_a_local_federation_shares_the_cores_between_its_clients(tmp_path, monkeypatch):
+    """Server, sites and their job processes on one machine: each client's torch gets its share of the
+    cores and the server one thread (a full pool per process oversubscribes the cores); a site's own
+    setting and the caller's OMP_NUM_THREADS win."""
+    from types import SimpleNamespace
+
+    from plgg_fl.deploy.federation import LocalFederation
+    from plgg_fl.pipeline.simulate import threads_per_client
+
+    kits = SimpleNamespace(server=tmp_path / "server", clients={s: tmp_path / s for s in ("brats", "cbtn", "dfci_bch")})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    fed = LocalFederation(kits, client_env={"cbtn": {"OMP_NUM_THREADS": "7"}})
+    assert fed.server.env["OMP_NUM_THREADS"] == "1"
+    assert fed.clients["brats"].env["OMP_NUM_THREADS"] == str(threads_per_client(3))
+    assert fed.clients["cbtn"].env["OMP_NUM_THREADS"] == "7"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    fed = LocalFederation(kits)
+    assert {p.env["OMP_NUM_THREADS"] for p in [fed.server, *fed.clients.values()]} == {"3"}
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert threads_per_client(3) == 2 and threads_per_client(16) == 1

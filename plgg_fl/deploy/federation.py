@@ -120,8 +120,15 @@ class LocalFederation:
         """``kits``: a :class:`plgg_fl.deploy.provision.Kits`; ``client_env``: site -> extra env vars."""
         self.kits = kits
         self.client_env = client_env or {}
-        self.server = Participant("server", kits.server)
-        self.clients = {s: Participant(s, k, self.client_env.get(s)) for s, k in kits.clients.items()}
+        # every participant on this one machine: each client's torch gets its share of the cores and the
+        # server (which aggregates, never trains) one thread, unless OMP_NUM_THREADS says otherwise; with
+        # a full thread pool per process the job processes' OpenMP spin-waits oversubscribe the cores
+        from plgg_fl.pipeline.simulate import threads_per_client
+
+        share = os.environ.get("OMP_NUM_THREADS") or str(threads_per_client(len(kits.clients)))
+        self.server = Participant("server", kits.server, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or "1"})
+        self.clients = {s: Participant(s, k, {"OMP_NUM_THREADS": share, **self.client_env.get(s, {})})
+                        for s, k in kits.clients.items()}
 
     def start(self, sites=None) -> "LocalFederation":
         self.server.start()

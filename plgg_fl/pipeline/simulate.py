@@ -185,8 +185,13 @@ def environ_set(values: dict[str, str]):
 
 
 def threads_per_client(n_clients: int) -> int:
-    """Compute threads for each of ``n_clients`` simulated clients: the machine's cores shared out."""
-    return max(1, (os.cpu_count() or 1) // max(1, n_clients))
+    """Compute threads for each of ``n_clients`` clients on one machine: the cores this process may use
+    (its CPU affinity, which a container's cpuset sets) shared out."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, n_clients))
 
 
 def run_in_simulator(
