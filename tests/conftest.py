@@ -96,3 +96,33 @@ def predict_ckpt(tmp_path_factory, predict_one_thread):
     from plgg_fl.engine.toydata import train_blob_model
 
     return train_blob_model(tmp_path_factory.mktemp("model") / "tiny.pt", preset="tiny", steps=50, patch_size=(24, 24, 24))
+
+
+#: the methods of the one tiny pipeline run the session shares (:func:`pipeline_tiny_run`)
+TINY_RUN_METHODS = ["adult_only", "scratch", "stepwise"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_tiny_run(tmp_path_factory):
+    """The whole pipeline on ``simulator_configs/tiny.yaml`` in the real NVFlare simulator, once per test
+    session (test_pipeline_tiny.py and test_report.py read it; ~2 min on 2 cores): stage 1, stepwise
+    stages 2 -> 3, scratch stages 2 -> 3 and the evaluation of adult_only, scratch and stepwise, with what
+    each site sent recorded. The sites send the summary statistics of their 2-case test sets
+    (``PLGG_FL_MIN_SUMMARY_CASES=1``, as a site may set it), so the report's numbers can be checked
+    against them; the default minimum (counts only) is checked in the real federation
+    (tests/test_deploy_federation.py).
+
+    Returns ``{"out": run folder, "metrics": metrics.json content, "cfg": PipelineConfig, "lines": printed}``.
+    """
+    from plgg_fl.pipeline.config import load_config
+    from plgg_fl.pipeline.run import Pipeline
+    from plgg_fl.pipeline.simulate import environ_set
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "simulator_configs" / "tiny.yaml")
+    cfg.cohort_dir = (tmp / "cohort").resolve()
+    cfg.methods = list(TINY_RUN_METHODS)
+    lines: list[str] = []
+    with environ_set({"PLGG_FL_MIN_SUMMARY_CASES": "1"}):
+        metrics = Pipeline(cfg, out_root=tmp / "runs", record_sends=True, printer=lines.append).run()
+    return {"out": tmp / "runs" / "tiny", "metrics": metrics, "cfg": cfg, "lines": lines}

@@ -151,6 +151,10 @@ def test_lead_runs_the_stepwise_chain(fed):
     for site in ("cbtn", "dfci_bch"):
         metrics = next(iter(results[site].values()))
         assert metrics and all(isinstance(v, (int, float)) for v in metrics.values()), (site, metrics)
+        # 2-case test sets, below a site's default minimum for a summary (5): counts only, no statistic
+        # that would give a case's value away
+        assert not [k for k in metrics if k.rsplit("/", 1)[-1] in ("median", "q1", "q3", "mean", "sd", "p_value")], metrics
+        assert any(k.endswith("/dice/n") and v == 2 for k, v in metrics.items()), metrics
 
 
 def test_bad_site_data_fails_the_job_naming_the_site(fed):

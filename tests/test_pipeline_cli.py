@@ -100,6 +100,21 @@ def test_the_console_table_fits_100_columns_one_row_per_method_agreement_its_own
     assert max(map(len, table.splitlines())) <= 100 and "site_c val" in table
 
 
+def test_a_site_that_sent_counts_only_shows_as_counts_in_both_tables():
+    """Fewer test cases than a site's minimum for a summary: the site sends n alone, shown as such."""
+    from plgg_fl.fl.protocol import summary_key
+    from plgg_fl.pipeline.report import reference_table, summary_rows, summary_table
+
+    counts = {summary_key("test", c, "dice", "n"): 2.0 for c in ("model_vs_expert1", "model_vs_raters", "inter_rater")}
+    evaluation = {"cbtn": {"stepwise": _metrics(0.5, ["model_vs_ref"])}, "dfci_bch": {"stepwise": counts}}
+    rows = summary_rows(evaluation, ["stepwise"])
+    stepwise = next(ln for ln in summary_table(rows, ["cbtn", "dfci_bch"]).splitlines() if ln.startswith("stepwise "))
+    assert re.split(r"\s{2,}", stepwise.strip()) == ["stepwise", "0.500 [0.250-0.600]", "counts only (n=2)"]
+    detail = reference_table(rows, ["cbtn", "dfci_bch"]).splitlines()
+    assert [ln.split("  ")[-1].strip() for ln in detail if "dfci_bch: model_vs_expert1" in ln] == ["counts only (n=2)"]
+    assert [ln.split("  ")[-1].strip() for ln in detail if "cbtn: model_vs_ref" in ln] == ["0.500 [0.250-0.600] (7)"]
+
+
 # re-running into an existing run folder ------------------------------------------------------------
 
 def _earlier_run(folder: Path) -> None:

@@ -14,18 +14,17 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from report_tiny_run import METHODS, run_tiny
-
-pytestmark = pytest.mark.slow  # one real tiny pipeline run (NVFlare simulator), shared by the module
+pytestmark = pytest.mark.slow  # one real tiny pipeline run (NVFlare simulator): conftest.pipeline_tiny_run
+METHODS = ["adult_only", "scratch", "stepwise"]
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory):
-    """(run folder, report.json content) of the tiny run's report, gallery of 2 cases."""
+def report_run(pipeline_tiny_run):
+    """(run folder, report.json content) of the shared tiny run's report, gallery of 2 cases."""
     from plgg_fl.report.build import build_report
 
-    tmp = tmp_path_factory.mktemp("report")
-    run = run_tiny(tmp)
+    run = pipeline_tiny_run["out"]
+    assert sorted(pipeline_tiny_run["cfg"].methods) == METHODS
     return run, build_report(run, gallery_k=2, printer=lambda s: None)
 
 

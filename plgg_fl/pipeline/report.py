@@ -131,6 +131,6 @@ def reference_table(rows: list[dict], sites: list[str]) -> str:
              "method".ljust(width) + "test set: reference".ljust(sw) + "Dice"]
     lines.append("-" * len(lines[-1]))
     for r in order:
-        n = "" if r.get("n") is None else f" ({int(r['n'])})"
+        n = "" if r.get("n") is None or math.isnan(r["median"]) else f" ({int(r['n'])})"  # counts only: n is in the cell
         lines.append(r["method"].ljust(width) + f"{r['site']}: {r['reference']}".ljust(sw) + _cell(r) + n)
     return "\n".join(lines)
