@@ -219,10 +219,10 @@ def _wait_training(fed, job_id: str, site: str) -> None:
 
 
 def test_a_site_restarted_mid_round_fails_the_job_by_name_within_the_round_timeout(fed):
-    # cbtn's 40 steps per round take well under the round timeout (~10 s on 2 quiet cores); dfci_bch is
+    # cbtn's 20 steps per round take well under the round timeout (~5 s on 2 quiet cores); dfci_bch is
     # restarted while it trains (or, if it was quicker, before round 1: the new client never gets that job)
-    round_timeout = 90
-    cfg = _derived_config(fed, "restart_mid_round", finetune={"local_steps": 40, "num_rounds": 2, "round_timeout_s": round_timeout})
+    round_timeout = 60
+    cfg = _derived_config(fed, "restart_mid_round", finetune={"local_steps": 20, "num_rounds": 2, "round_timeout_s": round_timeout})
     job_id = fed.lead.submit_job(str(api.prepare_stage_job("plgg_finetune", cfg, fed.tmp / "restart")))
     _wait_training(fed, job_id, "dfci_bch")
     t_kill = time.monotonic()

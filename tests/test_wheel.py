@@ -1,5 +1,6 @@
 """A non-editable install works: build the wheel, install it into a fresh virtual environment and, from an
-empty folder, run ``plgg-fl simulate --config tiny`` and ``plgg-fl provision`` (~2 min).
+empty folder, run ``plgg-fl simulate --config tiny --methods adult_only`` (a stage-1 training job and an
+evaluation job) and ``plgg-fl provision`` (~1 min).
 
 The new environment gets the wheel alone (``--no-deps``); its dependencies (torch, NVFlare, MONAI ...)
 are borrowed from the running environment through a ``.pth`` line, so the test does not download
@@ -57,9 +58,11 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     pkg, sites = where.stdout.split()
     assert Path(pkg).is_relative_to(purelib) and Path(sites) == purelib / "plgg_fl" / "_bundled" / "sites", where.stdout
 
-    sim = _run([venv / "bin" / "plgg-fl", "simulate", "--config", "tiny", "--methods", "stepwise"], work, env, timeout=900)
+    # a training job (stage 1) and an evaluation job, their client script and configs from the wheel
+    sim = _run([venv / "bin" / "plgg-fl", "simulate", "--config", "tiny", "--methods", "adult_only"], work, env, timeout=900)
     assert (work / "runs" / "tiny" / "summary.txt").is_file(), sim.stdout[-2000:]
-    assert "stepwise" in (work / "runs" / "tiny" / "summary.txt").read_text(encoding="utf-8")
+    assert "adult_only" in (work / "runs" / "tiny" / "summary.txt").read_text(encoding="utf-8")
+    assert "[cbtn] evaluation: scoring model 'adult_only' on test" in sim.stdout, sim.stdout[-2000:]
 
     _run([venv / "bin" / "plgg-fl", "provision", "--host", "localhost", "--port", "23457", "-w", work / "kits"], work, env)
     privacy = list((work / "kits").rglob("cbtn/local/privacy.json"))
