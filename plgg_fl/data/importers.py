@@ -174,26 +174,37 @@ def is_t2(name: str) -> bool:
     return norm.startswith("t2")
 
 
-def _nnunet_channel(meta: dict, channel, where: Path) -> int:
-    names = meta.get("channel_names") or meta.get("modality") or {}
-    names = {int(k): str(v) for k, v in names.items()}
+def t2_channel(channel_names: dict, channel: str | int | None = None) -> int:
+    """The index of the T2 scan among an nnU-Net ``dataset.json``'s ``channel_names`` (v1: ``modality``),
+    e.g. ``{"0": "T1", "1": "T2"}`` -> 1. ``channel`` (an index, or a name in any case) picks it
+    explicitly; otherwise the one name :func:`is_t2` accepts, or a lone channel whatever its name (with
+    a warning). Raises ValueError naming the channels there. Used by the data importer and by
+    ``plgg-fl import-nnunet``."""
+    names = {int(k): str(v) for k, v in channel_names.items()}
     if channel is not None:
-        if str(channel).isdigit() and int(channel) in names:
+        if str(channel).isdigit() and (not names or int(channel) in names):
             return int(channel)
         hits = [i for i, n in names.items() if n.lower() == str(channel).lower()]
         if not hits:
-            raise DataImportError(f"{where}: channel {channel!r} not in channel_names {names}")
+            raise ValueError(f"channel {channel!r} not in channel_names {names}")
         return hits[0]
     t2 = [i for i, n in names.items() if is_t2(n)]
     if len(t2) == 1:
         return t2[0]
     if len(t2) > 1:
-        raise DataImportError(f"{where}: several T2-like channels {[names[i] for i in t2]}; pick one with channel=/--channel")
+        raise ValueError(f"several T2-like channels {[names[i] for i in t2]}; pick one with channel=/--channel")
     if len(names) == 1:
         (i, n), = names.items()
-        log.warning("%s: single channel %r is not named T2; using it", where, n)
+        log.warning("single channel %r is not named T2; using it", n)
         return i
-    raise DataImportError(f"{where}: no T2 channel in channel_names {names}; pick one with channel=/--channel")
+    raise ValueError(f"no T2 channel in channel_names {names}; pick one with channel=/--channel")
+
+
+def _nnunet_channel(meta: dict, channel, where: Path) -> int:
+    try:
+        return t2_channel(meta.get("channel_names") or meta.get("modality") or {}, channel)
+    except ValueError as exc:
+        raise DataImportError(f"{where}: {exc}") from None
 
 
 def _nnunet_labels(meta: dict) -> tuple[int, ...]:

@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import torch
 
-from plgg_fl.data.importers import is_t2
+from plgg_fl.data.importers import t2_channel
 from plgg_fl.engine.checkpoint import file_sha256
 from plgg_fl.engine.config import TrainConfig
 from plgg_fl.engine.networks import PRESETS, PlggUNet, preset_args
@@ -208,27 +208,17 @@ def axis_permutation(transpose_forward: list[int] | None, axes: str = "reverse")
 
 
 def _pick_channel(dataset_json: dict, n_in: int, channel: str | int | None) -> tuple[int, str]:
-    raw = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
-    names = {int(k): str(v) for k, v in raw.items()}
-    if channel is not None:
-        if str(channel).isdigit():
-            idx = int(channel)
-        else:
-            hits = [i for i, v in names.items() if v.lower() == str(channel).lower()]
-            if not hits:
-                raise NnUNetImportError(f"channel {channel!r} is not in dataset.json channel_names {names}")
-            idx = hits[0]
-    elif n_in == 1:
+    names = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
+    if channel is None and n_in == 1:
         idx = 0
     else:
-        t2 = [i for i, v in names.items() if is_t2(v)]  # the data importer's rule: not FLAIR / t2f / T2*
-        if len(t2) != 1:
-            raise NnUNetImportError(f"{'no' if not t2 else 'more than one'} T2 channel among channel_names {names}: "
-                                    "name the one plgg-fl's T2 scans correspond to with --channel")
-        idx = t2[0]
+        try:
+            idx = t2_channel(names, channel)  # the data importer's rule: not FLAIR / t2f / T2*
+        except ValueError as exc:
+            raise NnUNetImportError(f"{exc} (name the one plgg-fl's T2 scans correspond to)") from None
     if not 0 <= idx < n_in:
         raise NnUNetImportError(f"channel {idx}: the network has {n_in} input channel(s)")
-    return idx, names.get(idx, str(idx))
+    return idx, {int(k): str(v) for k, v in names.items()}.get(idx, str(idx))
 
 
 def _head_map(dataset_json: dict, n_out: int, region: str | int | None,
