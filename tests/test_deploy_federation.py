@@ -242,7 +242,10 @@ def test_the_committed_evaluation_job_without_a_model_fails_saying_so(fed):
     import shutil
 
     job = shutil.copytree(ROOT / "jobs" / "plgg_evaluate", fed.tmp / "committed" / "plgg_evaluate")  # submitting signs the folder
-    out = api.submit_and_follow(fed.lead, job, fed.tmp / "results_no_model", timeout=JOB_TIMEOUT, echo=print)
+    # the server fails the job before any site gets a task: its verdict is all this checks, so the
+    # download does not wait the default 30 s for site error logs
+    out = api.submit_and_follow(fed.lead, job, fed.tmp / "results_no_model", timeout=JOB_TIMEOUT, echo=print,
+                                wait_site_errors=0)
     assert not out.ok and out.status != "FINISHED:COMPLETED", out
     errors = " ".join(api.server_errors(out.result_dir))
     assert "names no model" in errors and "plgg-fl jobs export --stage plgg_evaluate --model" in errors, errors

@@ -255,9 +255,10 @@ def submit_recipe(env, recipe) -> str:
 
 
 def submit_and_follow(session: Session, job: str | Path | Any, download_to: str | Path | None = None,
-                      timeout: float = 0.0, echo=print, env=None) -> JobOutcome:
+                      timeout: float = 0.0, echo=print, env=None, wait_site_errors: float = 30.0) -> JobOutcome:
     """Submit a job - a job folder (through ``session``) or a recipe (through ``env``, :func:`prod_env`) -
-    follow it to the end, and download its result (if ``download_to``)."""
+    follow it to the end, and download its result (if ``download_to``; a failed job's site error logs
+    are waited for up to ``wait_site_errors`` seconds, :func:`download`)."""
     t0 = time.monotonic()
     if isinstance(job, (str, Path)):
         name, job_id = Path(job).name, session.submit_job(str(job))
@@ -269,7 +270,7 @@ def submit_and_follow(session: Session, job: str | Path | Any, download_to: str 
     meta = follow(session, job_id, timeout=timeout, echo=echo)
     out = JobOutcome(job_id, meta.get("name", name), meta.get("status", "?"), time.monotonic() - t0)
     if download_to is not None:
-        out.result_dir = download(session, job_id, download_to)
+        out.result_dir = download(session, job_id, download_to, wait_site_errors)
         echo(f"result of {job_id}: {out.result_dir}")
         if not out.ok:
             for line in server_errors(out.result_dir):
