@@ -12,11 +12,10 @@ def _machine_lines() -> list[str]:
     """What the suite's wall time depends on: CPU, the cores this process may use, the load on them."""
     import os
 
+    from plgg_fl.pipeline.simulate import usable_cores
+
     model = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")), "?")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
+    usable = usable_cores()
     quota = _read("/sys/fs/cgroup/cpu.max").strip() or "none found"
     load = " ".join(_read("/proc/loadavg").split()[:3]) or "?"
     import torch

@@ -125,8 +125,9 @@ class LocalFederation:
         # a full thread pool per process the job processes' OpenMP spin-waits oversubscribe the cores
         from plgg_fl.pipeline.simulate import threads_per_client
 
-        share = os.environ.get("OMP_NUM_THREADS") or str(threads_per_client(len(kits.clients)))
-        self.server = Participant("server", kits.server, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or "1"})
+        caller = os.environ.get("OMP_NUM_THREADS")
+        share = caller or str(threads_per_client(len(kits.clients)))
+        self.server = Participant("server", kits.server, {"OMP_NUM_THREADS": caller or "1"})
         self.clients = {s: Participant(s, k, {"OMP_NUM_THREADS": share, **self.client_env.get(s, {})})
                         for s, k in kits.clients.items()}
 

@@ -184,14 +184,18 @@ def environ_set(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def threads_per_client(n_clients: int) -> int:
-    """Compute threads for each of ``n_clients`` clients on one machine: the cores this process may use
-    (its CPU affinity, which a container's cpuset sets) shared out."""
+def usable_cores() -> int:
+    """The CPU cores this process may use: its CPU affinity (which a container's cpuset sets) on Linux,
+    the machine's count elsewhere."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, n_clients))
+        return os.cpu_count() or 1
+
+
+def threads_per_client(n_clients: int) -> int:
+    """Compute threads for each of ``n_clients`` clients on one machine: the usable cores shared out."""
+    return max(1, usable_cores() // max(1, n_clients))
 
 
 def run_in_simulator(
